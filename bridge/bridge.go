@@ -1,0 +1,286 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/storage"
+)
+
+// Bridge is the messaging rules of imbridge, attached to one mochi server as
+// a hook. Create it with Open.
+type Bridge struct {
+	mqtt.HookBase
+	cfg      Config
+	log      *slog.Logger
+	srv      *mqtt.Server
+	inline   *mqtt.Client
+	store    *storage.Store
+	verifier *auth.Verifier
+
+	devices sync.Map // client ID -> *device, for every session the bridge knows
+
+	pendingMu sync.Mutex              // guards pending
+	pending   map[string]*onlineRoute // online-only sends being published, by message id
+
+	onlineSeen *retryCache // ids of recent online-only sends
+
+	fanout     chan []storage.Appended // committed appends, in commit order
+	fanoutDone chan struct{}
+
+	stats counters
+}
+
+// counters are the bridge's statistics; see Stats.
+type counters struct {
+	stored, duplicates, delivered, offline, onlineDropped, rejected, storeErrors atomic.Int64
+	queueDrops, authFailures                                                     atomic.Int64
+}
+
+// Stats are counts since Open.
+type Stats struct {
+	Stored        int64 `json:"stored"`        // normal messages stored
+	Duplicates    int64 `json:"duplicates"`    // retries answered from an earlier send
+	Delivered     int64 `json:"delivered"`     // online-only messages handed to a device
+	Offline       int64 `json:"offline"`       // online-only messages dropped: receiver offline
+	OnlineDropped int64 `json:"onlineDropped"` // online-only messages dropped: device queue full
+	Rejected      int64 `json:"rejected"`      // requests refused for their content
+	StoreErrors   int64 `json:"storeErrors"`   // sends or queries the store failed
+	QueueDrops    int64 `json:"queueDrops"`    // deliveries mochi dropped on a full device write queue
+	AuthFailures  int64 `json:"authFailures"`  // refused CONNECTs and HTTP requests
+}
+
+// Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
+// hook. srv must be created with Options.InlineClient = true and not yet
+// serving. Open returns storage.ErrLocked when another process holds the file.
+func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	inline, ok := srv.Clients.Get(mqtt.InlineClientId)
+	if !srv.Options.InlineClient || !ok {
+		return nil, ErrNoInlineClient
+	}
+	verifier, err := auth.NewVerifier(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bridge{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		srv:        srv,
+		inline:     inline,
+		verifier:   verifier,
+		pending:    make(map[string]*onlineRoute),
+		onlineSeen: newRetryCache(cfg.OnlineRetryWindow, 100_000),
+		fanout:     make(chan []storage.Appended, 256),
+		fanoutDone: make(chan struct{}),
+	}
+	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
+		LockTimeout: cfg.LockTimeout,
+		OnCommit:    func(a []storage.Appended) { b.fanout <- a },
+		Logger:      cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(b, nil); err != nil {
+		b.store.Close()
+		return nil, err
+	}
+	go b.runFanout()
+	return b, nil
+}
+
+// Close commits the sends already queued, delivers them, and closes the
+// history file. Call it after the mochi server has stopped; it blocks until
+// done. Later calls return nil.
+func (b *Bridge) Close() error {
+	err := b.store.Close()
+	select {
+	case <-b.fanoutDone:
+		return err
+	default:
+	}
+	close(b.fanout)
+	<-b.fanoutDone
+	return err
+}
+
+// Epoch returns the identity of the history file (see storage.Store.Epoch).
+func (b *Bridge) Epoch() string { return b.store.Epoch() }
+
+// Stats returns the bridge's counters.
+func (b *Bridge) Stats() Stats {
+	c := &b.stats
+	return Stats{
+		Stored: c.stored.Load(), Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(),
+		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: c.rejected.Load(),
+		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
+	}
+}
+
+// StoreStats returns the history writer's counters.
+func (b *Bridge) StoreStats() storage.Stats { return b.store.Stats() }
+
+// ID returns "imbridge".
+func (b *Bridge) ID() string { return "imbridge" }
+
+// Provides reports the mochi hook events the bridge handles.
+func (b *Bridge) Provides(event byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired,
+		mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPublishDropped,
+		mqtt.OnPacketEncode,
+	}, []byte{event})
+}
+
+// OnPacketEncode gives an MQTT 5 PUBACK of reason 0x10 (receiver offline) a
+// reason string: mochi writes a success-class reason code only when the
+// PUBACK has properties, and would otherwise send plain success.
+func (b *Bridge) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Puback && pk.ReasonCode == codeNoSubscribers.Code {
+		pk.Properties.ReasonString = codeNoSubscribers.Reason
+	}
+	return pk
+}
+
+// OnConnect authenticates a CONNECT: the username must be a user ID and the
+// password a valid user token for it. A refused client gets CONNACK "not
+// authorized" and no session. An accepted one has its client ID moved into
+// its user's namespace and its will discarded.
+func (b *Bridge) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	user := string(pk.Connect.Username)
+	reason := ""
+	if !pk.Connect.UsernameFlag || !protocol.ValidUserID(user) {
+		reason = "username is not a user ID"
+	} else if c, err := b.verifier.Verify(string(pk.Connect.Password)); err != nil {
+		reason = err.Error()
+	} else if c.Admin || c.Subject != user {
+		reason = "token is not for this user"
+	}
+	if reason != "" {
+		b.stats.authFailures.Add(1)
+		b.log.Info("connection refused", "remote", cl.Net.Remote, "username", user, "reason", reason)
+		code := packets.ErrNotAuthorized // 0x87
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrBadUsernameOrPassword // mochi sends MQTT 3.1.1 return code 5, not authorized
+		}
+		_ = b.srv.SendConnack(cl, code, false, nil)
+		return code
+	}
+	cl.ID = user + "/" + cl.ID
+	cl.Properties.Will = mqtt.Will{}
+	return nil
+}
+
+// OnConnectAuthenticate accepts every client that OnConnect let through.
+func (b *Bridge) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	return userOf(cl) != ""
+}
+
+// OnSessionEstablished registers the device and logs the connection.
+func (b *Bridge) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	d := &device{client: cl}
+	d.lastActive.Store(time.Now().UnixNano())
+	b.devices.Store(cl.ID, d)
+	b.log.Info("device connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener,
+		"protocol", cl.Properties.ProtocolVersion, "clean", pk.Connect.Clean)
+}
+
+// OnDisconnect logs the disconnection and forgets a device whose session ends
+// with it.
+func (b *Bridge) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if cl.Net.Inline {
+		return
+	}
+	b.log.Info("device disconnected", "client", cl.ID, "remote", cl.Net.Remote, "error", err, "session_ends", expire)
+	if expire && !cl.IsTakenOver() {
+		b.forget(cl)
+	}
+}
+
+// OnClientExpired forgets an expired persistent session and removes its
+// subscriptions, which mochi leaves in its topic index.
+func (b *Bridge) OnClientExpired(cl *mqtt.Client) {
+	b.srv.UnsubscribeClient(cl)
+	b.forget(cl)
+}
+
+// OnPublishDropped counts deliveries mochi dropped because a device's write
+// queue was full, and marks an online-only send as not delivered.
+func (b *Bridge) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	b.stats.queueDrops.Add(1)
+	b.log.Debug("delivery dropped: device write queue full", "client", cl.ID, "topic", pk.TopicName)
+	if _, kind := protocol.ParseTopic(pk.TopicName); kind == protocol.TopicOnline {
+		b.markRoute(pk.Payload, func(r *onlineRoute) { r.dropped = true })
+	}
+}
+
+// userOf returns the user of an authenticated client, "" for the inline
+// client and clients not yet authenticated.
+func userOf(cl *mqtt.Client) string {
+	if cl.Net.Inline {
+		return ""
+	}
+	user, _, ok := strings.Cut(cl.ID, "/")
+	if !ok {
+		return ""
+	}
+	return user
+}
+
+// publish injects a server message through mochi's inline client.
+func (b *Bridge) publish(topic string, payload []byte, qos byte, props packets.Properties) error {
+	var id uint16
+	if qos > 0 {
+		id = 1 // mochi requires a packet id for QoS > 0; the inline client never acks
+	}
+	return b.srv.InjectPacket(b.inline, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topic,
+		Payload:     payload,
+		Properties:  props,
+		PacketID:    id,
+	})
+}
+
+// runFanout delivers committed messages to both users' inboxes, in commit
+// order, until Close.
+func (b *Bridge) runFanout() {
+	defer close(b.fanoutDone)
+	for batch := range b.fanout {
+		for _, a := range batch {
+			m := a.Message
+			m.InboxSeq = a.ToInboxSeq
+			b.deliverStored(m.To, m)
+			if m.From != m.To {
+				m.InboxSeq = a.FromInboxSeq
+				b.deliverStored(m.From, m)
+			}
+		}
+	}
+}
+
+// deliverStored publishes m at QoS 1 to user's inbox, with user's InboxSeq.
+func (b *Bridge) deliverStored(user string, m protocol.Message) {
+	payload, err := json.Marshal(&m)
+	if err == nil {
+		err = b.publish(protocol.InboxTopic(user), payload, 1, packets.Properties{})
+	}
+	if err != nil {
+		b.log.Error("deliver stored message", "error", err, "id", m.ID, "user", user)
+	}
+}

@@ -1,0 +1,97 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/rs/xid"
+
+	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/storage"
+)
+
+// Send sends req as user from and returns the receipt. It is the one path of
+// every send: from a device over MQTT, and over HTTP. req must have passed
+// protocol.DecodeSendRequest; req.From is ignored. A normal message is stored
+// before Send returns; Send blocks for that commit.
+func (b *Bridge) Send(ctx context.Context, from string, req protocol.SendRequest) protocol.Receipt {
+	m := protocol.Message{
+		ID:             xid.New().String(),
+		From:           from,
+		To:             req.To,
+		OnlineUserOnly: req.OnlineUserOnly,
+		Time:           time.Now().UnixMilli(),
+		Data:           req.Data,
+		ClientMsgID:    req.ID,
+		Priority:       req.Priority,
+	}
+	if m.Priority == protocol.PriorityDefault {
+		m.Priority = ""
+	}
+	if req.OnlineUserOnly {
+		return b.sendOnline(&m)
+	}
+	return b.sendStored(ctx, m)
+}
+
+func (b *Bridge) sendStored(ctx context.Context, m protocol.Message) protocol.Receipt {
+	a, err := b.store.Append(ctx, m)
+	if err != nil {
+		b.stats.storeErrors.Add(1)
+		code := protocol.CodeStoreFailed
+		if errors.Is(err, storage.ErrClosed) {
+			code = protocol.CodeUnavailable
+		}
+		b.log.Error("store message", "error", err, "from", m.From, "to", m.To)
+		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: code, Message: "message not stored: " + err.Error()})
+	}
+	if a.Duplicate {
+		b.stats.duplicates.Add(1)
+	} else {
+		b.stats.stored.Add(1)
+	}
+	b.log.Debug("message stored", "id", a.Message.ID, "from", m.From, "to", m.To, "seq", a.Message.Seq, "duplicate", a.Duplicate)
+	return protocol.Receipt{
+		Type: "receipt", ID: m.ClientMsgID, Status: protocol.StatusStored,
+		MsgID: a.Message.ID, Seq: a.Message.Seq, InboxSeq: a.FromInboxSeq, Time: a.Message.Time,
+		Duplicate: a.Duplicate,
+	}
+}
+
+func (b *Bridge) sendOnline(m *protocol.Message) protocol.Receipt {
+	var key string
+	if m.ClientMsgID != "" {
+		key = m.From + "\x00" + m.ClientMsgID
+		if r, ok := b.onlineSeen.get(key); ok {
+			b.stats.duplicates.Add(1)
+			r.Duplicate = true
+			return r
+		}
+	}
+	payload, err := json.Marshal(m)
+	if err != nil {
+		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeInternal, Message: err.Error()})
+	}
+	route, err := b.routeOnline(m, payload)
+	r := protocol.Receipt{Type: "receipt", ID: m.ClientMsgID, MsgID: m.ID, Time: m.Time}
+	switch {
+	case err != nil:
+		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeInternal, Message: err.Error()})
+	case !route.picked:
+		b.stats.offline.Add(1)
+		r.Status = protocol.StatusOffline
+	case route.dropped:
+		b.stats.onlineDropped.Add(1)
+		r.Status = protocol.StatusDropped
+	default:
+		b.stats.delivered.Add(1)
+		r.Status = protocol.StatusDelivered
+	}
+	b.log.Debug("online-only message routed", "id", m.ID, "from", m.From, "to", m.To, "status", r.Status)
+	if key != "" {
+		b.onlineSeen.put(key, r)
+	}
+	return r
+}

@@ -1,0 +1,72 @@
+package testdevice
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Raw is a hand-driven MQTT connection, for sending bytes no client library
+// would.
+type Raw struct {
+	net.Conn
+	t testing.TB
+}
+
+// RawConnect dials addr, sends a CONNECT built from c (protocol version,
+// credentials, will...) and returns the connection once the CONNACK says
+// success.
+func RawConnect(t testing.TB, addr string, version byte, c packets.ConnectParams) *Raw {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if c.ProtocolName == nil {
+		c.ProtocolName = []byte("MQTT")
+	}
+	c.UsernameFlag, c.PasswordFlag = len(c.Username) > 0, len(c.Password) > 0
+	if c.Keepalive == 0 {
+		c.Keepalive = 30
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version, Connect: c}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	r := &Raw{Conn: conn, t: t}
+	r.Write(buf.Bytes())
+	conn.SetReadDeadline(time.Now().Add(Wait))
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(conn, head); err != nil || head[0] != 0x20 {
+		t.Fatalf("no CONNACK: % x %v", head, err)
+	}
+	body := make([]byte, head[1])
+	if _, err := io.ReadFull(conn, body); err != nil || len(body) < 2 || body[1] != 0 {
+		t.Fatalf("CONNACK refused: % x %v", body, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	return r
+}
+
+// Write writes b or fails the test.
+func (r *Raw) Write(b []byte) {
+	r.t.Helper()
+	if _, err := r.Conn.Write(b); err != nil {
+		r.t.Fatalf("raw write: %v", err)
+	}
+}
+
+// WaitClosed waits until the server closes the connection.
+func (r *Raw) WaitClosed() {
+	r.t.Helper()
+	r.Conn.SetReadDeadline(time.Now().Add(Wait))
+	if _, err := io.Copy(io.Discard, r.Conn); err != nil {
+		r.t.Fatalf("connection not closed by the server within %v: %v", Wait, err)
+	}
+}

@@ -1,0 +1,43 @@
+package protocol
+
+// ErrorCode is the machine-readable reason in an [Error]. New codes may be
+// added; clients should treat an unknown code like "internal".
+type ErrorCode string
+
+// Errors in a request's content. The request changed nothing.
+const (
+	CodeBadJSON         ErrorCode = "bad_json"         // not valid JSON, or a field of the wrong type
+	CodeNotObject       ErrorCode = "not_object"       // valid JSON, but not an object
+	CodeInvalidTo       ErrorCode = "invalid_to"       // "to" missing or not a user ID
+	CodeInvalidFrom     ErrorCode = "invalid_from"     // "from" missing or not a user ID (HTTP admin sends)
+	CodeInvalidID       ErrorCode = "invalid_id"       // "id" not a valid client message id
+	CodeInvalidPriority ErrorCode = "invalid_priority" // "priority" not default, high, normal or low
+	CodeMissingData     ErrorCode = "missing_data"     // "data" absent or null
+	CodeTooLarge        ErrorCode = "too_large"        // payload over the server's limit
+	CodeInvalidQuery    ErrorCode = "invalid_query"    // history or sync parameters out of range
+	CodeInvalidTopic    ErrorCode = "invalid_topic"    // MQTT 5 response topic outside the user's reply topics
+)
+
+// Errors of permission.
+const (
+	CodeUnauthorized ErrorCode = "unauthorized" // missing, bad or expired token (HTTP)
+	CodeForbidden    ErrorCode = "forbidden"    // the credential may not do this
+)
+
+// Errors of the server. The request may be retried with the same id.
+const (
+	CodeStoreFailed ErrorCode = "store_failed" // the history could not be written or read
+	CodeUnavailable ErrorCode = "unavailable"  // the server is shutting down
+	CodeInternal    ErrorCode = "internal"     // anything else
+)
+
+// Error is the error object of a receipt, a page or an HTTP error response.
+type Error struct {
+	Code    ErrorCode `json:"code"`
+	Message string    `json:"message"`
+}
+
+// Error returns "protocol: CODE: MESSAGE".
+func (e *Error) Error() string { return "protocol: " + string(e.Code) + ": " + e.Message }
+
+func errorf(code ErrorCode, msg string) *Error { return &Error{Code: code, Message: msg} }

@@ -1,0 +1,204 @@
+package protocol
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestValidUserID(t *testing.T) {
+	for _, tc := range []struct {
+		id string
+		ok bool
+	}{
+		{"alice", true},
+		{"A.b_c@d-9", true},
+		{strings.Repeat("a", 64), true},
+		{strings.Repeat("a", 65), false},
+		{"", false},
+		{"a/b", false},
+		{"a+b", false},
+		{"a#", false},
+		{"al ice", false},
+		{"ünï", false},
+		{"a:b", false},
+		{"$share", false},
+	} {
+		if got := ValidUserID(tc.id); got != tc.ok {
+			t.Errorf("ValidUserID(%q) = %v, want %v", tc.id, got, tc.ok)
+		}
+	}
+}
+
+func TestParseTopic(t *testing.T) {
+	for _, tc := range []struct {
+		topic string
+		user  string
+		kind  TopicKind
+	}{
+		{"users/alice/send", "alice", TopicSend},
+		{"users/alice/inbox", "alice", TopicInbox},
+		{"users/alice/online", "alice", TopicOnline},
+		{"users/alice/reply", "alice", TopicReply},
+		{"users/alice/reply/dev1", "alice", TopicReply},
+		{"users/alice/reply/a/b", "alice", TopicReply},
+		{"users/alice/history", "alice", TopicHistory},
+		{"users/alice/sync", "alice", TopicSync},
+		{"users/alice/reply/", "", TopicUnknown},
+		{"users/alice/reply/#", "", TopicUnknown},
+		{"users/alice/reply/+", "", TopicUnknown},
+		{"users/alice/inbox/x", "", TopicUnknown},
+		{"users/+/inbox", "", TopicUnknown},
+		{"users/#", "", TopicUnknown},
+		{"users//inbox", "", TopicUnknown},
+		{"users/alice", "", TopicUnknown},
+		{"Users/alice/inbox", "", TopicUnknown},
+		{"$share/alice/users/alice/online", "", TopicUnknown},
+		{"", "", TopicUnknown},
+	} {
+		user, kind := ParseTopic(tc.topic)
+		if user != tc.user || kind != tc.kind {
+			t.Errorf("ParseTopic(%q) = %q, %v; want %q, %v", tc.topic, user, kind, tc.user, tc.kind)
+		}
+	}
+}
+
+func TestTopicBuildersRoundTrip(t *testing.T) {
+	for kind, build := range map[TopicKind]func(string) string{
+		TopicSend: SendTopic, TopicInbox: InboxTopic, TopicOnline: OnlineTopic,
+		TopicReply: ReplyTopic, TopicHistory: HistoryTopic, TopicSync: SyncTopic,
+	} {
+		if u, k := ParseTopic(build("bob.b")); u != "bob.b" || k != kind {
+			t.Errorf("ParseTopic(%q) = %q, %v; want bob.b, %v", build("bob.b"), u, k, kind)
+		}
+	}
+	if got := OnlineFilter("bob"); got != "$share/bob/users/bob/online" {
+		t.Errorf("OnlineFilter = %q", got)
+	}
+}
+
+func TestDecodeSendRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		payload string
+		code    ErrorCode
+	}{
+		{"minimal", `{"to":"bob","data":"hi"}`, ""},
+		{"all fields", `{"to":"bob","data":{"command":"textInput"},"onlineUserOnly":true,"id":"c-1","priority":"high"}`, ""},
+		{"unknown fields ignored", `{"to":"bob","data":1,"future":{"x":1}}`, ""},
+		{"leading space", " \n{\"to\":\"bob\",\"data\":[1]}", ""},
+		{"empty", ``, CodeBadJSON},
+		{"garbage", `{"to":`, CodeBadJSON},
+		{"array", `[1,2]`, CodeNotObject},
+		{"string", `"hello"`, CodeNotObject},
+		{"wrong type", `{"to":"bob","data":1,"onlineUserOnly":"yes"}`, CodeBadJSON},
+		{"missing to", `{"data":1}`, CodeInvalidTo},
+		{"bad to", `{"to":"bob/inbox","data":1}`, CodeInvalidTo},
+		{"long to", `{"to":"` + strings.Repeat("b", 65) + `","data":1}`, CodeInvalidTo},
+		{"no data", `{"to":"bob"}`, CodeMissingData},
+		{"null data", `{"to":"bob","data":null}`, CodeMissingData},
+		{"bad id", `{"to":"bob","data":1,"id":"has space"}`, CodeInvalidID},
+		{"bad priority", `{"to":"bob","data":1,"priority":"urgent"}`, CodeInvalidPriority},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := DecodeSendRequest([]byte(tc.payload))
+			if tc.code == "" {
+				if err != nil {
+					t.Fatalf("unexpected error %v", err)
+				}
+				if r.To != "bob" || r.Priority == "" {
+					t.Fatalf("decoded %+v", r)
+				}
+				return
+			}
+			if err == nil || err.Code != tc.code {
+				t.Fatalf("error = %v, want code %s", err, tc.code)
+			}
+			if err.Message == "" {
+				t.Fatal("error without message")
+			}
+		})
+	}
+}
+
+func TestDecodeSendRequestCopiesData(t *testing.T) {
+	buf := []byte(`{"to":"bob","data":"abc"}`)
+	r, err := DecodeSendRequest(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range buf {
+		buf[i] = 'x'
+	}
+	if string(r.Data) != `"abc"` {
+		t.Fatalf("data aliased the input: %s", r.Data)
+	}
+}
+
+func TestHistoryAndSyncRequests(t *testing.T) {
+	h, err := DecodeHistoryRequest([]byte(`{"with":"bob"}`))
+	if err != nil || h.Limit != DefaultPageLimit {
+		t.Fatalf("default limit: %+v %v", h, err)
+	}
+	for _, bad := range []string{`{"with":"bob","limit":1001}`, `{"with":"bob","limit":-1}`, `{"with":"b/b"}`, `{"with":"bob","before":2,"after":1}`} {
+		if _, err := DecodeHistoryRequest([]byte(bad)); err == nil || err.Code != CodeInvalidQuery {
+			t.Errorf("%s: error = %v, want invalid_query", bad, err)
+		}
+	}
+	s, err := DecodeSyncRequest([]byte(`{"after":7,"limit":1000}`))
+	if err != nil || s.After != 7 || s.Limit != 1000 {
+		t.Fatalf("sync: %+v %v", s, err)
+	}
+}
+
+func TestMessageEncodesIDFirst(t *testing.T) {
+	b, err := json.Marshal(Message{ID: "abc", From: "a", To: "b", Data: json.RawMessage(`1`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := PeekMessageID(b)
+	if !ok || string(id) != "abc" {
+		t.Fatalf("PeekMessageID(%s) = %q, %v", b, id, ok)
+	}
+	for _, bad := range []string{``, `{"to":"x"}`, `{"id":""}`, `{"id":"abc`} {
+		if _, ok := PeekMessageID([]byte(bad)); ok {
+			t.Errorf("PeekMessageID(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzDecodeSendRequest(f *testing.F) {
+	for _, s := range []string{`{"to":"bob","data":1}`, `{"to":"bob","data":{"a":[1,2]},"onlineUserOnly":true,"id":"x","priority":"low"}`, `[]`, `{`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeSendRequest(b)
+		if err != nil {
+			if err.Code == "" || err.Message == "" {
+				t.Fatalf("error without code or message: %+v", err)
+			}
+			return
+		}
+		if !ValidUserID(r.To) || !json.Valid(r.Data) || !r.Priority.valid() || (r.ID != "" && !ValidClientMsgID(r.ID)) {
+			t.Fatalf("accepted an invalid request: %+v", r)
+		}
+	})
+}
+
+func FuzzParseTopic(f *testing.F) {
+	for _, s := range []string{"users/a/send", "users/a/reply/x", "users/+/inbox", "#", "$share/a/users/a/online"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, topic string) {
+		user, kind := ParseTopic(topic)
+		if kind == TopicUnknown {
+			if user != "" {
+				t.Fatalf("unknown topic with user %q", user)
+			}
+			return
+		}
+		if !ValidUserID(user) || strings.ContainsAny(topic, "+#") || !strings.HasPrefix(topic, "users/"+user+"/") {
+			t.Fatalf("ParseTopic(%q) = %q, %v", topic, user, kind)
+		}
+	})
+}

@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/imbridge/imbridge/bridge"
+)
+
+// Server is one imbridge node.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	mqtt   *mqtt.Server
+	bridge *bridge.Bridge
+
+	httpSrv *http.Server
+	httpLn  net.Listener
+
+	mqttAddr, wsAddr string // bound addresses, set by Start
+
+	panics   atomic.Int64
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// New checks cfg and returns a Server that is not started. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// capabilities returns mochi's settings for imbridge; docs/protocol.md
+// explains each choice.
+func (c Config) capabilities() *mqtt.Capabilities {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumMessageExpiryInterval = 0 // no expiry stamped on deliveries; history is the long-term store
+	caps.MaximumClientWritesPending = int32(c.MaxPendingWrites)
+	caps.MaximumInflight = uint16(c.MaxInflight)
+	caps.MaximumSessionExpiryInterval = uint32(c.SessionExpiry / time.Second)
+	caps.MaximumPacketSize = uint32(4 * c.MaxPayload)
+	caps.TopicAliasMaximum = 0 // mochi checks publish ACLs before resolving aliases
+	caps.RetainAvailable = 0   // nothing is ever retained
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	return caps
+}
+
+// Start opens the history, binds the listeners and starts serving. It does
+// not block. On error, everything it opened is closed again.
+func (s *Server) Start() (err error) {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	s.mqtt = mqtt.New(&mqtt.Options{
+		Capabilities: s.cfg.capabilities(),
+		InlineClient: true,
+		Logger:       s.log.With("component", "mochi"),
+		// $SYS topics are refused by the ACL anyway; publish them rarely.
+		SysTopicResendInterval: 3600,
+	})
+	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
+		DBPath:     filepath.Join(s.cfg.DataDir, "history.db"),
+		Secret:     s.cfg.Secret,
+		MaxPayload: s.cfg.MaxPayload,
+		Logger:     s.log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	if s.cfg.MQTTAddr != "" {
+		if s.mqttAddr, err = s.addListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: s.cfg.MQTTAddr})); err != nil {
+			return err
+		}
+	}
+	if s.cfg.WSAddr != "" {
+		if s.wsAddr, err = s.addListener(newWSListener("ws", s.cfg.WSAddr)); err != nil {
+			return err
+		}
+	}
+	if s.cfg.HTTPAddr != "" {
+		if s.httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("server: http listener: %w", err)
+		}
+		s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.httpSrv.Serve(s.httpLn) }()
+		s.log.Info("listening", "kind", "http", "addr", s.HTTPAddr())
+	}
+	if err = s.mqtt.Serve(); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) addListener(l listeners.Listener) (string, error) {
+	g := &guarded{Listener: l, srv: s.mqtt, log: s.log, panics: &s.panics,
+		onDrop: func(cl *mqtt.Client, err error) { s.bridge.OnDisconnect(cl, err, true) }}
+	if err := s.mqtt.AddListener(g); err != nil {
+		return "", fmt.Errorf("server: %s listener: %w", l.ID(), err)
+	}
+	s.log.Info("listening", "kind", l.Protocol(), "addr", l.Address())
+	return l.Address(), nil
+}
+
+// MQTTAddr returns the bound address of the MQTT/TCP listener, "" if none.
+func (s *Server) MQTTAddr() string { return s.mqttAddr }
+
+// WSAddr returns the bound address of the MQTT/WebSocket listener, "" if none.
+func (s *Server) WSAddr() string { return s.wsAddr }
+
+// HTTPAddr returns the bound address of the HTTP listener, "" if none.
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Bridge returns the node's bridge, for embedding programs and tests.
+func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
+
+// Health is the body of GET /healthz.
+type Health struct {
+	Status    string       `json:"status"`
+	Epoch     string       `json:"epoch"`
+	Clients   int64        `json:"clients"`           // connected devices
+	Bridge    bridge.Stats `json:"bridge"`            // message counters
+	Commits   uint64       `json:"commits"`           // history commits
+	Appended  uint64       `json:"appended"`          // appends in them
+	Dropped   int64        `json:"inflightDropped"`   // QoS 1 deliveries dropped: session inflight full
+	QueueFull int64        `json:"writeQueueDropped"` // deliveries dropped: device write queue full
+	Panics    int64        `json:"panics"`            // connections closed by the panic guard
+}
+
+// Health returns the node's counters.
+func (s *Server) Health() Health {
+	st := s.bridge.StoreStats()
+	return Health{
+		Status: "ok", Epoch: s.bridge.Epoch(),
+		Clients: atomic.LoadInt64(&s.mqtt.Info.ClientsConnected),
+		Bridge:  s.bridge.Stats(),
+		Commits: st.Commits, Appended: st.Appended,
+		Dropped:   atomic.LoadInt64(&s.mqtt.Info.InflightDropped),
+		QueueFull: atomic.LoadInt64(&s.mqtt.Info.MessagesDropped),
+		Panics:    s.panics.Load(),
+	}
+}
+
+// Handler returns the node's HTTP API: /healthz and the bridge's /v1/ API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.Health())
+	})
+	mux.Handle("/v1/", s.bridge.Handler())
+	return mux
+}
+
+// Shutdown stops the listeners and disconnects every device, waits for the
+// sends in flight to be stored, then closes the history. If ctx ends first,
+// remaining connections are cut and the history is still closed cleanly;
+// Shutdown then returns ctx's error. Later calls return the first result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx) })
+	return s.stopErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	var errs []error
+	if s.httpSrv != nil {
+		if err := s.httpSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: http: %w", err))
+		}
+	}
+	// A device that stopped reading would block the DISCONNECT write, and
+	// with it mochi's Close: bound every write from here on.
+	deadline := time.Now().Add(s.cfg.ShutdownGrace)
+	for _, cl := range s.mqtt.Clients.GetAll() {
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(deadline)
+		}
+	}
+	closed := make(chan struct{})
+	go func() {
+		_ = s.mqtt.Close()
+		s.mqtt.Listeners.ClientsWg.Wait() // every client goroutine, and so every send, has finished
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("server: shutdown: %w", ctx.Err()))
+		for _, cl := range s.mqtt.Clients.GetAll() {
+			cl.Stop(ctx.Err())
+		}
+		select {
+		case <-closed:
+		case <-time.After(s.cfg.ShutdownGrace):
+			s.log.Error("mochi did not stop; closing the history anyway")
+		}
+	}
+	if err := s.bridge.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+// closeAll undoes a failed Start.
+func (s *Server) closeAll() {
+	if s.httpSrv != nil {
+		s.httpSrv.Close()
+	} else if s.httpLn != nil {
+		s.httpLn.Close()
+	}
+	_ = s.mqtt.Close()
+	_ = s.bridge.Close()
+}

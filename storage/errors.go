@@ -1,0 +1,18 @@
+package storage
+
+import "errors"
+
+// Errors at Open.
+var (
+	// ErrLocked means another process holds the database file.
+	ErrLocked = errors.New("storage: database file is locked by another process")
+	// ErrForeign means the file is a bbolt database of some other program,
+	// or of a newer imbridge.
+	ErrForeign = errors.New("storage: file is not an imbridge history")
+)
+
+// Errors of a running store.
+var (
+	// ErrClosed is returned by calls made after Close.
+	ErrClosed = errors.New("storage: closed")
+)

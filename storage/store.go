@@ -1,0 +1,406 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/imbridge/imbridge/protocol"
+)
+
+// formatVersion is written into new files and checked by Open.
+const formatVersion = "1"
+
+var (
+	bucketMeta   = []byte("meta")   // "version", "epoch"
+	bucketConv   = []byte("conv")   // conversation key -> bucket of seq -> Message JSON
+	bucketInbox  = []byte("inbox")  // user -> bucket of inboxSeq -> ref
+	bucketDedupe = []byte("dedupe") // sender "\x00" client id -> dedupe record
+	keyVersion   = []byte("version")
+	keyEpoch     = []byte("epoch")
+)
+
+// Options configures a Store. A nil *Options, or a zero field, means the
+// default written beside each field.
+type Options struct {
+	// LockTimeout is how long Open waits for another process to release the
+	// file. Default 2s.
+	LockTimeout time.Duration
+	// MaxBatch caps how many appends share one commit. Default 1024.
+	MaxBatch int
+	// OnCommit, when set, is called by the writer goroutine after each commit
+	// with the new (non-duplicate) appends in commit order, which is seq order
+	// within every conversation and inbox. It must not block for long: the
+	// next commit waits for it. The slice is not reused.
+	OnCommit func([]Appended)
+	// Logger receives errors of the writer. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o *Options) withDefaults() Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.LockTimeout == 0 {
+		v.LockTimeout = 2 * time.Second
+	}
+	if v.MaxBatch == 0 {
+		v.MaxBatch = 1024
+	}
+	if v.Logger == nil {
+		v.Logger = slog.New(slog.DiscardHandler)
+	}
+	return v
+}
+
+// Appended is the result of one Append.
+type Appended struct {
+	// Message is the stored message with Seq set (InboxSeq is zero: it
+	// differs per user). For a duplicate it is the message first stored.
+	Message protocol.Message
+	// FromInboxSeq and ToInboxSeq are the message's positions in the sender's
+	// and the receiver's inbox; equal when a user writes to themself.
+	FromInboxSeq uint64
+	ToInboxSeq   uint64
+	// Duplicate is true when the (From, ClientMsgID) pair had been stored
+	// before; nothing was written.
+	Duplicate bool
+}
+
+// Store is an open history file. Its methods are safe for concurrent use.
+type Store struct {
+	db    *bolt.DB
+	opts  Options
+	epoch string
+
+	mu     sync.RWMutex // guards closed; held for reading while queueing to reqs
+	closed bool
+
+	reqs chan *appendReq
+	done chan struct{} // closed when the writer has drained reqs and exited
+
+	commits  uint64 // number of write transactions; owned by the writer
+	appended uint64 // appends committed; owned by the writer
+	statsMu  sync.Mutex
+	lastStat Stats // guarded by statsMu
+}
+
+// Stats counts the work of the writer since Open.
+type Stats struct {
+	Commits  uint64 // write transactions committed
+	Appended uint64 // appends in them, duplicates included
+}
+
+type appendReq struct {
+	msg  protocol.Message
+	res  Appended
+	err  error
+	done chan struct{}
+}
+
+// Open opens the history at path, creating it (mode 0600) if needed. It
+// returns ErrLocked if another process holds the file past
+// Options.LockTimeout, and ErrForeign if the file is not an imbridge history.
+func Open(path string, opts *Options) (*Store, error) {
+	o := opts.withDefaults()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      o.LockTimeout,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", path, err)
+	}
+	s := &Store{db: db, opts: o, reqs: make(chan *appendReq, o.MaxBatch), done: make(chan struct{})}
+	if err := db.Update(s.initialize); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.writer()
+	return s, nil
+}
+
+// initialize creates the buckets of a new file, or checks an existing one.
+func (s *Store) initialize(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		if k, _ := tx.Cursor().First(); k != nil {
+			return ErrForeign // a bbolt file with other buckets
+		}
+		var err error
+		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+			return err
+		}
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		if err := meta.Put(keyVersion, []byte(formatVersion)); err != nil {
+			return err
+		}
+		if err := meta.Put(keyEpoch, []byte(hex.EncodeToString(b[:]))); err != nil {
+			return err
+		}
+	}
+	if v := meta.Get(keyVersion); string(v) != formatVersion {
+		return fmt.Errorf("%w: format version %q, want %q", ErrForeign, v, formatVersion)
+	}
+	s.epoch = string(meta.Get(keyEpoch))
+	for _, name := range [][]byte{bucketConv, bucketInbox, bucketDedupe} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Epoch returns the random identity of this history file, fixed at creation.
+// A different epoch means a different (reset) history.
+func (s *Store) Epoch() string { return s.epoch }
+
+// Stats returns the writer's counters as of its last commit.
+func (s *Store) Stats() Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.lastStat
+}
+
+// Append stores m durably and returns its sequence numbers. m.From, m.To,
+// m.ID and m.Time must be set; m.Seq and m.InboxSeq are ignored. A message
+// whose (From, ClientMsgID) was stored before is not stored again: Append
+// returns the earlier result with Duplicate set.
+//
+// Append blocks until the commit holding m is fsynced, ctx ends (the message
+// may still be committed: retry with the same ClientMsgID), or the store is
+// closed (ErrClosed). A commit error is returned to every append in it.
+func (s *Store) Append(ctx context.Context, m protocol.Message) (Appended, error) {
+	req := &appendReq{msg: m, done: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return Appended{}, ErrClosed
+	}
+	select {
+	case s.reqs <- req:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return Appended{}, ctx.Err()
+	}
+	s.mu.RUnlock()
+	select {
+	case <-req.done:
+		return req.res, req.err
+	case <-ctx.Done():
+		return Appended{}, ctx.Err()
+	}
+}
+
+// writer commits queued appends until reqs is closed and drained.
+func (s *Store) writer() {
+	defer close(s.done)
+	batch := make([]*appendReq, 0, s.opts.MaxBatch)
+	for first := range s.reqs {
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *Store) commit(batch []*appendReq) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, r := range batch {
+			if err := s.apply(tx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.opts.Logger.Error("history commit failed", "error", err, "appends", len(batch))
+		err = fmt.Errorf("storage: commit: %w", err)
+	} else {
+		s.commits++
+		s.appended += uint64(len(batch))
+		s.statsMu.Lock()
+		s.lastStat = Stats{Commits: s.commits, Appended: s.appended}
+		s.statsMu.Unlock()
+		if s.opts.OnCommit != nil {
+			fresh := make([]Appended, 0, len(batch))
+			for _, r := range batch {
+				if !r.res.Duplicate {
+					fresh = append(fresh, r.res)
+				}
+			}
+			if len(fresh) > 0 {
+				s.opts.OnCommit(fresh)
+			}
+		}
+	}
+	for _, r := range batch {
+		if err != nil {
+			r.res, r.err = Appended{}, err
+		}
+		close(r.done)
+	}
+}
+
+// apply writes one append inside tx and fills r.res.
+func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
+	m := r.msg
+	m.InboxSeq = 0
+	var dkey []byte
+	if m.ClientMsgID != "" {
+		dkey = dedupeKey(m.From, m.ClientMsgID)
+		if rec := tx.Bucket(bucketDedupe).Get(dkey); rec != nil {
+			res, err := s.loadDuplicate(tx, rec)
+			if err != nil {
+				return err
+			}
+			r.res = res
+			return nil
+		}
+	}
+	ckey := ConversationKey(m.From, m.To)
+	conv, err := tx.Bucket(bucketConv).CreateBucketIfNotExists(ckey)
+	if err != nil {
+		return err
+	}
+	if m.Seq, err = conv.NextSequence(); err != nil {
+		return err
+	}
+	value, err := json.Marshal(&m)
+	if err != nil {
+		return err
+	}
+	if err := conv.Put(u64(m.Seq), value); err != nil {
+		return err
+	}
+	ref := append(u64(m.Seq), ckey...)
+	fromSeq, err := appendInbox(tx, m.From, ref)
+	if err != nil {
+		return err
+	}
+	toSeq := fromSeq
+	if m.To != m.From {
+		if toSeq, err = appendInbox(tx, m.To, ref); err != nil {
+			return err
+		}
+	}
+	if dkey != nil {
+		rec := make([]byte, 0, 24+len(ckey))
+		rec = binary.BigEndian.AppendUint64(rec, m.Seq)
+		rec = binary.BigEndian.AppendUint64(rec, fromSeq)
+		rec = binary.BigEndian.AppendUint64(rec, toSeq)
+		rec = append(rec, ckey...)
+		if err := tx.Bucket(bucketDedupe).Put(dkey, rec); err != nil {
+			return err
+		}
+	}
+	r.res = Appended{Message: m, FromInboxSeq: fromSeq, ToInboxSeq: toSeq}
+	return nil
+}
+
+func (s *Store) loadDuplicate(tx *bolt.Tx, rec []byte) (Appended, error) {
+	if len(rec) < 24 {
+		return Appended{}, fmt.Errorf("storage: corrupt dedupe record")
+	}
+	seq := binary.BigEndian.Uint64(rec)
+	m, err := loadMessage(tx, rec[24:], seq)
+	if err != nil {
+		return Appended{}, err
+	}
+	return Appended{
+		Message:      m,
+		FromInboxSeq: binary.BigEndian.Uint64(rec[8:]),
+		ToInboxSeq:   binary.BigEndian.Uint64(rec[16:]),
+		Duplicate:    true,
+	}, nil
+}
+
+func appendInbox(tx *bolt.Tx, user string, ref []byte) (uint64, error) {
+	inbox, err := tx.Bucket(bucketInbox).CreateBucketIfNotExists([]byte(user))
+	if err != nil {
+		return 0, err
+	}
+	seq, err := inbox.NextSequence()
+	if err != nil {
+		return 0, err
+	}
+	return seq, inbox.Put(u64(seq), ref)
+}
+
+func loadMessage(tx *bolt.Tx, ckey []byte, seq uint64) (protocol.Message, error) {
+	var m protocol.Message
+	conv := tx.Bucket(bucketConv).Bucket(ckey)
+	if conv == nil {
+		return m, fmt.Errorf("storage: missing conversation %q", ckey)
+	}
+	v := conv.Get(u64(seq))
+	if v == nil {
+		return m, fmt.Errorf("storage: missing message %d of %q", seq, ckey)
+	}
+	if err := json.Unmarshal(v, &m); err != nil {
+		return m, fmt.Errorf("storage: decode message %d of %q: %w", seq, ckey, err)
+	}
+	return m, nil
+}
+
+// Close stops accepting appends, commits those already queued, and closes the
+// file. It blocks until then. Calls after the first return nil.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.reqs)
+	s.mu.Unlock()
+	<-s.done
+	return s.db.Close()
+}
+
+// ConversationKey returns the bucket key of the conversation between a and b:
+// the two IDs in byte order, joined by '|', which no user ID contains.
+func ConversationKey(a, b string) []byte {
+	if b < a {
+		a, b = b, a
+	}
+	k := make([]byte, 0, len(a)+1+len(b))
+	k = append(k, a...)
+	k = append(k, '|')
+	return append(k, b...)
+}
+
+func dedupeKey(from, clientID string) []byte {
+	k := make([]byte, 0, len(from)+1+len(clientID))
+	k = append(k, from...)
+	k = append(k, 0)
+	return append(k, clientID...)
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), v) }
