@@ -1,0 +1,233 @@
+// Command mqttd runs an imbridge node: an MQTT broker (TCP and WebSocket)
+// with imbridge's messaging rules, its bbolt history and its HTTP API.
+//
+//	mqttd [flags]                     run the node
+//	mqttd token [-ttl 24h] USER       print a user token
+//	mqttd token -admin [-ttl 1h] NAME print an admin token (HTTP send API)
+//
+// Every flag has an environment variable, named in mqttd -help.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "mqttd:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// options are the command line of the node.
+type options struct {
+	mqtt, ws, http, data, secret, logLevel string
+	maxPayload, maxPending, maxInflight    int
+	sessionExpiry, shutdownTimeout         time.Duration
+}
+
+// envOr returns the environment variable name, or def.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("mqttd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	str := func(p *string, name, env, def, usage string) {
+		fs.StringVar(p, name, envOr(env, def), usage+" (env "+env+")")
+	}
+	str(&o.mqtt, "mqtt", "MQTTD_MQTT", ":1883", "MQTT over TCP listen address; empty disables")
+	str(&o.ws, "ws", "MQTTD_WS", ":8083", "MQTT over WebSocket listen address; empty disables")
+	str(&o.http, "http", "MQTTD_HTTP", ":8080", "HTTP API listen address; empty disables")
+	str(&o.data, "data", "MQTTD_DATA", "./data", "data directory: history.db and the generated secret")
+	str(&o.secret, "secret", "MQTTD_SECRET", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
+	str(&o.logLevel, "log", "MQTTD_LOG", "info", "log level: debug, info, warn, error")
+	var errs []error
+	num := func(p *int, name, env string, def int, usage string) {
+		v := def
+		if s, ok := os.LookupEnv(env); ok {
+			if _, err := fmt.Sscan(s, &v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not a number", env, s))
+			}
+		}
+		fs.IntVar(p, name, v, usage+" (env "+env+")")
+	}
+	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) {
+		v := def
+		if s, ok := os.LookupEnv(env); ok {
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, s, err))
+			}
+			v = d
+		}
+		fs.DurationVar(p, name, v, usage+" (env "+env+")")
+	}
+	num(&o.maxPayload, "max-payload", "MQTTD_MAX_PAYLOAD", 64<<10, "largest send/history/sync request payload, bytes")
+	num(&o.maxPending, "max-pending", "MQTTD_MAX_PENDING", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
+	num(&o.maxInflight, "max-inflight", "MQTTD_MAX_INFLIGHT", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")
+	dur(&o.sessionExpiry, "session-expiry", "MQTTD_SESSION_EXPIRY", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
+	dur(&o.shutdownTimeout, "shutdown-timeout", "MQTTD_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: mqttd [flags]\n       mqttd token [-ttl 24h] [-admin] USER\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (did you mean mqttd token?)", fs.Arg(0))
+	}
+	return o, errors.Join(errs...)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], stdout, stderr)
+	}
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("-log: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	secret, err := loadSecret(o.secret, o.data)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
+		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
+		SessionExpiry: o.sessionExpiry, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	log.Info("mqttd ready", "mqtt", srv.MQTTAddr(), "ws", srv.WSAddr(), "http", srv.HTTPAddr(), "data", o.data)
+	<-ctx.Done()
+	log.Info("stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
+
+// loadSecret returns the flag's secret, or the one in DATA/secret, creating
+// it (32 random bytes, hex, mode 0600) on first start.
+func loadSecret(flagValue, dataDir string) ([]byte, error) {
+	if flagValue != "" {
+		if len(flagValue) < auth.MinSecretLen {
+			return nil, fmt.Errorf("-secret must be at least %d bytes", auth.MinSecretLen)
+		}
+		return []byte(flagValue), nil
+	}
+	path := filepath.Join(dataDir, "secret")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if len(s) < auth.MinSecretLen {
+			return nil, fmt.Errorf("%s: secret shorter than %d bytes", path, auth.MinSecretLen)
+		}
+		return []byte(s), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read secret: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	s := hex.EncodeToString(raw)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) { // another mqttd raced us: use its secret
+		return loadSecret("", dataDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create secret: %w", err)
+	}
+	if _, err := f.WriteString(s + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write secret: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("write secret: %w", err)
+	}
+	return []byte(s), nil
+}
+
+func runToken(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mqttd token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+	admin := fs.Bool("admin", false, "mint an admin token (HTTP send API as any user) instead of a user token")
+	data := fs.String("data", envOr("MQTTD_DATA", "./data"), "data directory holding the secret (env MQTTD_DATA)")
+	secretFlag := fs.String("secret", os.Getenv("MQTTD_SECRET"), "token secret (env MQTTD_SECRET); default: DATA/secret")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: mqttd token [-ttl 24h] [-admin] USER\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	// Accept flags before and after the user ID.
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		rest = append(rest, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(rest) != 1 {
+		fs.Usage()
+		return errors.New("token: give exactly one user ID")
+	}
+	secret, err := loadSecret(*secretFlag, *data)
+	if err != nil {
+		return err
+	}
+	var tok string
+	if *admin {
+		tok, err = auth.MintAdmin(secret, rest[0], *ttl)
+	} else {
+		tok, err = auth.Mint(secret, rest[0], *ttl)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

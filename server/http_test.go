@@ -1,0 +1,44 @@
+package server_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/imbridge/imbridge/internal/testserver"
+	"github.com/imbridge/imbridge/protocol"
+)
+
+func httpSync(t *testing.T, n *testserver.Node, token string, after uint64) protocol.Page {
+	t.Helper()
+	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/sync?after=%d&limit=1000", n.HTTPURL(), after), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p protocol.Page
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("sync: %d %v", resp.StatusCode, err)
+	}
+	return p
+}
+
+// TestHealthz answers with the node's counters.
+func TestHealthz(t *testing.T) {
+	n := testserver.Start(t)
+	resp, err := http.Get(n.HTTPURL() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Status string `json:"status"`
+		Epoch  string `json:"epoch"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || h.Status != "ok" || h.Epoch == "" {
+		t.Fatalf("healthz: %+v %v", h, err)
+	}
+}

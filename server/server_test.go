@@ -1,0 +1,162 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/imbridge/imbridge/internal/testdevice"
+	"github.com/imbridge/imbridge/internal/testserver"
+	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/server"
+)
+
+type opts = testdevice.Options
+
+func v3(t *testing.T, n *testserver.Node, user string, o opts) *testdevice.Device {
+	t.Helper()
+	o.Token = n.Token
+	return testdevice.ConnectV3(t, n.MQTTURL(), user, o)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(testdevice.Wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition, not synchronising on time
+	}
+}
+
+// TestTruncatedSubscribeDoesNotKillTheServer sends the MQTT 5 SUBSCRIBE
+// without its options byte that panics mochi v2.7.9 (issue #501). Only that
+// connection may die; everyone else goes on.
+func TestTruncatedSubscribeDoesNotKillTheServer(t *testing.T) {
+	n := testserver.Start(t)
+	alice := v3(t, n, "alice", opts{})
+	bob := v3(t, n, "bob", opts{})
+	raw := testdevice.RawConnect(t, n.MQTTAddr(), 5, packets.ConnectParams{
+		ClientIdentifier: "attacker", Clean: true, Username: []byte("mallory"), Password: []byte(n.Token("mallory")),
+	})
+	raw.Write([]byte{0x82, 0x06, 0x12, 0x34, 0x00, 0x00, 0x01, 0x70})
+	raw.WaitClosed()
+	if got := n.Health().Panics; got != 1 {
+		t.Fatalf("panics = %d, want 1", got)
+	}
+	alice.Send(`{"to":"bob","data":"still alive"}`)
+	if m := bob.Expect(protocol.InboxTopic("bob")).Message(t); string(m.Data) != `"still alive"` {
+		t.Fatalf("got %s", m.Data)
+	}
+	alice.Send(`{"to":"bob","data":"typing","onlineUserOnly":true}`)
+	bob.Expect(protocol.OnlineTopic("bob"))
+	// The attacker's session is gone and it can connect again.
+	waitFor(t, "the attacker's session to be dropped", func() bool { return n.Health().Clients == 2 })
+	v3(t, n, "mallory", opts{ClientID: "attacker"}).ExpectQuiet()
+}
+
+// TestWebSocket: devices on MQTT over WebSocket get both kinds of message.
+func TestWebSocket(t *testing.T) {
+	n := testserver.Start(t)
+	bob := testdevice.ConnectV3(t, n.WSURL(), "bob", opts{Token: n.Token})
+	alice := testdevice.ConnectV3(t, n.WSURL(), "alice", opts{Token: n.Token})
+	alice.Send(`{"to":"bob","data":"over ws","id":"w1"}`)
+	if r := alice.Expect(protocol.ReplyTopic("alice")).Receipt(t); r.Status != protocol.StatusStored {
+		t.Fatalf("receipt %+v", r)
+	}
+	if m := bob.Expect(protocol.InboxTopic("bob")).Message(t); string(m.Data) != `"over ws"` {
+		t.Fatalf("got %s", m.Data)
+	}
+	alice.Send(`{"to":"bob","data":{"command":"textInput"},"onlineUserOnly":true}`)
+	bob.Expect(protocol.OnlineTopic("bob"))
+}
+
+// TestSlowDeviceSeesGapAndSyncs: a device that stops reading makes mochi drop
+// deliveries to it (counted); once it reads again it sees the hole in
+// inboxSeq and fills it from the history, losing nothing. Shutdown does not
+// hang on it either.
+func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
+	n := testserver.Start(t, func(c *server.Config) { c.MaxPendingWrites = 4; c.MaxInflight = 8 })
+	const total = 120
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	var got []protocol.Message
+	po := paho.NewClientOptions().AddBroker(n.MQTTURL()).SetClientID("slow").SetUsername("bob").
+		SetPassword(n.Token("bob")).SetCleanSession(true).SetAutoReconnect(false).SetOrderMatters(true)
+	po.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+		<-gate // the app is stuck: paho stops reading from the socket
+		var msg protocol.Message
+		if json.Unmarshal(m.Payload(), &msg) == nil && m.Topic() == protocol.InboxTopic("bob") {
+			mu.Lock()
+			got = append(got, msg)
+			mu.Unlock()
+		}
+	})
+	slow := paho.NewClient(po)
+	if tok := slow.Connect(); !tok.WaitTimeout(testdevice.Wait) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := slow.Subscribe(protocol.InboxTopic("bob"), 1, nil); !tok.WaitTimeout(testdevice.Wait) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	alice := v3(t, n, "alice", opts{})
+	big := strings.Repeat("x", 48<<10)
+	for i := range total {
+		alice.Send(fmt.Sprintf(`{"to":"bob","data":{"i":%d,"pad":"%s"}}`, i, big))
+	}
+	waitFor(t, "dropped deliveries", func() bool { h := n.Health(); return h.Dropped+h.QueueFull > 0 })
+	h := n.Health()
+	t.Logf("dropped: inflight %d, write queue %d", h.Dropped, h.QueueFull)
+	close(gate)
+	// The device reads again; one more message marks the end of the burst.
+	alice.Send(`{"to":"bob","data":"marker"}`)
+	waitFor(t, "the marker message", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0 && got[len(got)-1].InboxSeq == total+1
+	})
+	mu.Lock()
+	seen := map[uint64]bool{}
+	hole := false
+	for i, m := range got {
+		seen[m.InboxSeq] = true
+		if i > 0 && m.InboxSeq != got[i-1].InboxSeq+1 {
+			hole = true // what the device sees: inboxSeq jumped
+		}
+	}
+	mu.Unlock()
+	if !hole && got[0].InboxSeq == 1 {
+		t.Fatal("no hole in inboxSeq: the test did not exercise a gap")
+	}
+	var after uint64
+	for {
+		p := httpSync(t, n, n.Token("bob"), after)
+		for _, m := range p.Messages {
+			seen[m.InboxSeq] = true
+		}
+		if !p.More {
+			break
+		}
+		after = p.NextAfter
+	}
+	for i := uint64(1); i <= total; i++ {
+		if !seen[i] {
+			t.Fatalf("inboxSeq %d neither delivered nor in the sync", i)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testdevice.Wait)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with a stalled device: %v", err)
+	}
+	slow.Disconnect(0)
+}
