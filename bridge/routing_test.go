@@ -377,3 +377,16 @@ func peekReceiptID(t *testing.T, d *dev, payload string) string {
 	json.Unmarshal(d.Expect(protocol.ReplyTopic(d.User)).Payload, &r)
 	return r.ID
 }
+
+// TestQoS2AndEmptyClientID: a QoS 2 send is stored and delivered once, and a
+// clean session with an empty client ID (the server assigns one) works.
+func TestQoS2AndEmptyClientID(t *testing.T) {
+	n := testserver.Start(t)
+	bob := v3(t, n, "bob", opts{})
+	anon := v3(t, n, "alice", opts{NoClientID: true, Clean: true})
+	anon.Publish(protocol.SendTopic("alice"), 2, `{"to":"bob","data":"exactly once"}`)
+	if m := bob.Expect(protocol.InboxTopic("bob")).Message(t); string(m.Data) != `"exactly once"` || m.Seq != 1 {
+		t.Fatalf("got %+v", m)
+	}
+	bob.ExpectQuiet()
+}

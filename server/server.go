@@ -147,6 +147,7 @@ type Health struct {
 	Bridge    bridge.Stats `json:"bridge"`            // message counters
 	Commits   uint64       `json:"commits"`           // history commits
 	Appended  uint64       `json:"appended"`          // appends in them
+	Inflight  int64        `json:"inflight"`          // QoS 1 deliveries awaiting the device's PUBACK
 	Dropped   int64        `json:"inflightDropped"`   // QoS 1 deliveries dropped: session inflight full
 	QueueFull int64        `json:"writeQueueDropped"` // deliveries dropped: device write queue full
 	Panics    int64        `json:"panics"`            // connections closed by the panic guard
@@ -160,6 +161,7 @@ func (s *Server) Health() Health {
 		Clients: atomic.LoadInt64(&s.mqtt.Info.ClientsConnected),
 		Bridge:  s.bridge.Stats(),
 		Commits: st.Commits, Appended: st.Appended,
+		Inflight:  atomic.LoadInt64(&s.mqtt.Info.Inflight),
 		Dropped:   atomic.LoadInt64(&s.mqtt.Info.InflightDropped),
 		QueueFull: atomic.LoadInt64(&s.mqtt.Info.MessagesDropped),
 		Panics:    s.panics.Load(),

@@ -117,7 +117,9 @@ func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
 	h := n.Health()
 	t.Logf("dropped: inflight %d, write queue %d", h.Dropped, h.QueueFull)
 	close(gate)
-	// The device reads again; one more message marks the end of the burst.
+	// The device reads again. Once it has acknowledged all it got, one more
+	// message marks the end of the burst.
+	waitFor(t, "the device to catch up", func() bool { return n.Health().Inflight == 0 })
 	alice.Send(`{"to":"bob","data":"marker"}`)
 	waitFor(t, "the marker message", func() bool {
 		mu.Lock()

@@ -76,8 +76,10 @@ type Device struct {
 // Options of a device connection.
 type Options struct {
 	ClientID string // default: a fresh unique id
-	Clean    bool   // clean session (3.1.1) / clean start with expiry 0 (5)
-	Password string // the token; default: a valid one from Token
+	// NoClientID sends an empty client ID (with Clean: the server assigns one).
+	NoClientID bool
+	Clean      bool   // clean session (3.1.1) / clean start with expiry 0 (5)
+	Password   string // the token; default: a valid one from Token
 	// Subscribe lists filters to subscribe to after connecting; nil means the
 	// standard three: inbox, shared online filter, reply.
 	Subscribe []string
@@ -86,7 +88,7 @@ type Options struct {
 }
 
 func (o *Options) fill(user string) {
-	if o.ClientID == "" {
+	if o.ClientID == "" && !o.NoClientID {
 		o.ClientID = fmt.Sprintf("dev-%d", time.Now().UnixNano())
 	}
 	if o.Password == "" {
