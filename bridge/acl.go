@@ -49,14 +49,15 @@ func mayReceive(user, topic string) bool {
 	return kind == protocol.TopicInbox || kind == protocol.TopicOnline || kind == protocol.TopicReply
 }
 
-// OnACLCheck decides publishes (write) and, for reads, subscription filters
-// that OnSubscribe let through and deliveries.
+// OnACLCheck decides publishes (write) and, for reads, deliveries and the
+// subscription filters that OnSubscribe let through. Deliveries, checked
+// once per message and device, take the allocation-free path first.
 func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	user := userOf(cl)
 	if write {
 		return mayPublish(user, topic)
 	}
-	return maySubscribe(user, topic) || mayReceive(user, topic)
+	return mayReceive(user, topic) || maySubscribe(user, topic)
 }
 
 // OnSubscribe refuses, filter by filter, what maySubscribe does not allow.

@@ -57,45 +57,40 @@ func (b *Bridge) userOnly(w http.ResponseWriter, r *http.Request) (string, bool)
 }
 
 func (b *Bridge) serveHistory(w http.ResponseWriter, r *http.Request) {
-	user, ok := b.userOnly(w, r)
-	if !ok {
-		return
+	req := protocol.HistoryRequest{With: r.URL.Query().Get("with")}
+	if user, ok := b.pageQuery(w, r, map[string]*uint64{"before": &req.Before, "after": &req.After}, &req.Limit, req.Check); ok {
+		writePage(w, b.History(user, req))
 	}
-	q := r.URL.Query()
-	req := protocol.HistoryRequest{With: q.Get("with")}
-	perr := parseUints(q, map[string]*uint64{"before": &req.Before, "after": &req.After})
-	if perr == nil {
-		perr = parseLimit(q, &req.Limit)
-	}
-	if perr == nil {
-		perr = req.Check()
-	}
-	if perr != nil {
-		writeError(w, perr)
-		return
-	}
-	writePage(w, b.History(user, req))
 }
 
 func (b *Bridge) serveSync(w http.ResponseWriter, r *http.Request) {
+	var req protocol.SyncRequest
+	if user, ok := b.pageQuery(w, r, map[string]*uint64{"after": &req.After}, &req.Limit, req.Check); ok {
+		writePage(w, b.Sync(user, req))
+	}
+}
+
+// pageQuery authorizes a history or sync request and parses its cursors and
+// limit into the request, then runs the request's check. It answers the
+// request itself and returns false on any error.
+func (b *Bridge) pageQuery(w http.ResponseWriter, r *http.Request, cursors map[string]*uint64, limit *int, check func() *protocol.Error) (string, bool) {
 	user, ok := b.userOnly(w, r)
 	if !ok {
-		return
+		return "", false
 	}
 	q := r.URL.Query()
-	var req protocol.SyncRequest
-	perr := parseUints(q, map[string]*uint64{"after": &req.After})
+	perr := parseUints(q, cursors)
 	if perr == nil {
-		perr = parseLimit(q, &req.Limit)
+		perr = parseLimit(q, limit)
 	}
 	if perr == nil {
-		perr = req.Check()
+		perr = check()
 	}
 	if perr != nil {
 		writeError(w, perr)
-		return
+		return "", false
 	}
-	writePage(w, b.Sync(user, req))
+	return user, true
 }
 
 // serveSend sends the JSON body. With a user token the sender is the token's

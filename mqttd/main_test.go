@@ -15,6 +15,7 @@ import (
 
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/storage"
 )
 
 var binary string
@@ -141,6 +142,9 @@ func TestBinaryEndToEnd(t *testing.T) {
 		t.Fatalf("after restart: %+v", page)
 	}
 	p.stop(t)
+	if err := storage.Verify(filepath.Join(data, "history.db"), time.Second); err != nil {
+		t.Fatalf("history after SIGTERM: %v", err)
+	}
 }
 
 // TestFlags checks flag errors and help.

@@ -70,7 +70,7 @@ func (s *Server) Start() (err error) {
 	s.mqtt = mqtt.New(&mqtt.Options{
 		Capabilities: s.cfg.capabilities(),
 		InlineClient: true,
-		Logger:       s.log.With("component", "mochi"),
+		Logger:       slog.New(demoteHandler{s.log.Handler()}).With("component", "mochi"),
 		// $SYS topics are refused by the ACL anyway; publish them rarely.
 		SysTopicResendInterval: 3600,
 	})

@@ -32,45 +32,46 @@ type Page struct {
 // History returns a page of the conversation between users a and b, by
 // conversation seq. A conversation never written is an empty page.
 func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
-	var p Page
-	err := s.db.View(func(tx *bolt.Tx) error {
-		conv := tx.Bucket(bucketConv).Bucket(ConversationKey(a, b))
-		if conv == nil {
-			return nil
+	return s.page(f, func(tx *bolt.Tx) *bolt.Bucket {
+		return tx.Bucket(bucketConv).Bucket(ConversationKey(a, b))
+	}, func(_ *bolt.Tx, _, v []byte) (protocol.Message, error) {
+		var m protocol.Message
+		if err := json.Unmarshal(v, &m); err != nil {
+			return m, fmt.Errorf("storage: decode message: %w", err)
 		}
-		return scan(conv.Cursor(), f, func(k, v []byte) error {
-			var m protocol.Message
-			if err := json.Unmarshal(v, &m); err != nil {
-				return fmt.Errorf("storage: decode message: %w", err)
-			}
-			p.Messages = append(p.Messages, m)
-			return nil
-		}, &p.More)
+		return m, nil
 	})
-	if err != nil {
-		return Page{}, wrapClosed(err)
-	}
-	return p, nil
 }
 
 // Sync returns a page of everything stored for user, by inbox seq, with each
 // message's InboxSeq set.
 func (s *Store) Sync(user string, f HistoryFilter) (Page, error) {
+	return s.page(f, func(tx *bolt.Tx) *bolt.Bucket {
+		return tx.Bucket(bucketInbox).Bucket([]byte(user))
+	}, func(tx *bolt.Tx, k, ref []byte) (protocol.Message, error) {
+		if len(ref) < 8 {
+			return protocol.Message{}, fmt.Errorf("storage: corrupt inbox entry of %q", user)
+		}
+		m, err := loadMessage(tx, ref[8:], binary.BigEndian.Uint64(ref))
+		m.InboxSeq = binary.BigEndian.Uint64(k)
+		return m, err
+	})
+}
+
+// page reads one page, in a read transaction, from the bucket find returns
+// (nil: an empty page), turning each entry into a message with decode.
+func (s *Store) page(f HistoryFilter, find func(*bolt.Tx) *bolt.Bucket, decode func(tx *bolt.Tx, k, v []byte) (protocol.Message, error)) (Page, error) {
 	var p Page
 	err := s.db.View(func(tx *bolt.Tx) error {
-		inbox := tx.Bucket(bucketInbox).Bucket([]byte(user))
-		if inbox == nil {
+		bucket := find(tx)
+		if bucket == nil {
 			return nil
 		}
-		return scan(inbox.Cursor(), f, func(k, ref []byte) error {
-			if len(ref) < 8 {
-				return fmt.Errorf("storage: corrupt inbox entry of %q", user)
-			}
-			m, err := loadMessage(tx, ref[8:], binary.BigEndian.Uint64(ref))
+		return scan(bucket.Cursor(), f, func(k, v []byte) error {
+			m, err := decode(tx, k, v)
 			if err != nil {
 				return err
 			}
-			m.InboxSeq = binary.BigEndian.Uint64(k)
 			p.Messages = append(p.Messages, m)
 			return nil
 		}, &p.More)

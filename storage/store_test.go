@@ -35,19 +35,8 @@ func openTemp(t *testing.T, opts *Options) (*Store, string) {
 // checkConsistent runs bbolt's own consistency check over the file.
 func checkConsistent(t *testing.T, path string) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
-	if err != nil {
-		t.Errorf("reopen for check: %v", err)
-		return
-	}
-	defer db.Close()
-	if err := db.View(func(tx *bolt.Tx) error {
-		for err := range tx.Check() {
-			return err
-		}
-		return nil
-	}); err != nil {
-		t.Errorf("bbolt check: %v", err)
+	if err := Verify(path, time.Second); err != nil {
+		t.Error(err)
 	}
 }
 
