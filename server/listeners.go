@@ -67,9 +67,60 @@ func (g *guarded) cleanup(c net.Conn, err error) {
 	}
 }
 
+// tcpListener serves MQTT over TCP. mochi's own TCP listener disconnects its
+// clients before it closes its socket, and drops (without closing) a
+// connection accepted in between; a device that reconnects at once then hangs
+// until its connect timeout. This one closes the socket first.
+type tcpListener struct {
+	id   string
+	addr string
+	ln   net.Listener
+	once sync.Once
+}
+
+func newTCPListener(id, addr string) *tcpListener { return &tcpListener{id: id, addr: addr} }
+
+func (l *tcpListener) ID() string       { return l.id }
+func (l *tcpListener) Protocol() string { return "tcp" }
+func (l *tcpListener) Address() string  { return boundAddr(l.ln, l.addr) }
+
+func (l *tcpListener) Init(*slog.Logger) (err error) {
+	l.ln, err = net.Listen("tcp", l.addr)
+	return err
+}
+
+// Serve accepts connections until Close, each on its own goroutine.
+func (l *tcpListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		go func() { _ = establish(l.id, conn) }()
+	}
+}
+
+func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+	l.once.Do(func() {
+		if l.ln != nil {
+			l.ln.Close()
+		}
+		closeClients(l.id)
+	})
+}
+
+// boundAddr returns the address ln is bound to, or addr before Init.
+func boundAddr(ln net.Listener, addr string) string {
+	if ln != nil {
+		return ln.Addr().String()
+	}
+	return addr
+}
+
 // wsListener serves MQTT over WebSocket (subprotocol "mqtt", binary frames)
 // on every path. Unlike mochi's, it binds in Init, so that ":0" works and
-// Address reports the bound port.
+// Address reports the bound port; like tcpListener, it closes its socket
+// before its clients.
 type wsListener struct {
 	id        string
 	addr      string
@@ -91,12 +142,7 @@ func newWSListener(id, addr string) *wsListener {
 
 func (l *wsListener) ID() string       { return l.id }
 func (l *wsListener) Protocol() string { return "ws" }
-func (l *wsListener) Address() string {
-	if l.ln != nil {
-		return l.ln.Addr().String()
-	}
-	return l.addr
-}
+func (l *wsListener) Address() string  { return boundAddr(l.ln, l.addr) }
 
 func (l *wsListener) Init(*slog.Logger) error {
 	ln, err := net.Listen("tcp", l.addr)
@@ -127,7 +173,7 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 func (l *wsListener) Close(closeClients listeners.CloseFn) {
 	l.once.Do(func() {
 		if l.http != nil {
-			l.http.Close() // hijacked connections are not closed by this
+			l.http.Close() // closes the socket; hijacked connections stay open
 		}
 		if l.ln != nil {
 			l.ln.Close()

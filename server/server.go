@@ -89,7 +89,7 @@ func (s *Server) Start() (err error) {
 		}
 	}()
 	if s.cfg.MQTTAddr != "" {
-		if s.mqttAddr, err = s.addListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: s.cfg.MQTTAddr})); err != nil {
+		if s.mqttAddr, err = s.addListener(newTCPListener("tcp", s.cfg.MQTTAddr)); err != nil {
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package testdevice
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net"
@@ -68,5 +69,47 @@ func (r *Raw) WaitClosed() {
 	r.Conn.SetReadDeadline(time.Now().Add(Wait))
 	if _, err := io.Copy(io.Discard, r.Conn); err != nil {
 		r.t.Fatalf("connection not closed by the server within %v: %v", Wait, err)
+	}
+}
+
+// PublishQoS1 publishes payload to topic at QoS 1 with packet id 0x4242 and
+// returns the reason code of its PUBACK (MQTT 5; 0 when the PUBACK has
+// none), skipping any other packet that arrives first.
+func (r *Raw) PublishQoS1(version byte, topic, payload string) byte {
+	r.t.Helper()
+	const id = 0x4242
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: version,
+		PacketID: id, TopicName: topic, Payload: []byte(payload)}
+	var buf bytes.Buffer
+	if err := pk.PublishEncode(&buf); err != nil {
+		r.t.Fatal(err)
+	}
+	r.Write(buf.Bytes())
+	r.Conn.SetReadDeadline(time.Now().Add(Wait))
+	defer r.Conn.SetReadDeadline(time.Time{})
+	in := bufio.NewReader(r.Conn)
+	for {
+		var fh packets.FixedHeader
+		b, err := in.ReadByte()
+		if err != nil {
+			r.t.Fatalf("no PUBACK: %v", err)
+		}
+		if err := fh.Decode(b); err != nil {
+			r.t.Fatal(err)
+		}
+		n, _, err := packets.DecodeLength(in)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(in, body); err != nil {
+			r.t.Fatal(err)
+		}
+		if fh.Type == packets.Puback && n >= 2 && body[0] == id>>8 && body[1] == id&0xff {
+			if n == 2 {
+				return 0
+			}
+			return body[2]
+		}
 	}
 }

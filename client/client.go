@@ -1,0 +1,520 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/imbridge/imbridge/protocol"
+)
+
+// Config configures a Client. Broker, User and Token (or TokenFunc) are
+// required; zero fields take the defaults written beside them.
+type Config struct {
+	// Broker is the server's MQTT URL: tcp://host:1883, ws://host:8083/mqtt,
+	// tls://host:8883 or wss://...
+	Broker string
+	// User is the user ID.
+	User string
+	// Token authenticates User (see docs/protocol.md). TokenFunc, if set, is
+	// called instead at every connect and reconnect, so that tokens can be
+	// refreshed.
+	Token     string
+	TokenFunc func() (string, error)
+	// DeviceID is the MQTT client ID of this device; the server keeps it
+	// apart from other users' IDs. Default: random per Dial. Set it for a
+	// persistent session.
+	DeviceID string
+	// Persistent asks for a persistent session (MQTT clean session off):
+	// the server keeps this device's subscriptions and missed stored
+	// messages while it is away. Either way the client catches up from the
+	// history after each connect.
+	Persistent bool
+	// InboxSeq and Epoch resume delivery after the last stored message the
+	// app processed (Client.InboxSeq and Client.Epoch, saved by the app).
+	// Zero means from the beginning of the user's history. If the server's
+	// history has a different epoch, delivery starts again from zero.
+	InboxSeq uint64
+	Epoch    string
+
+	// OnMessage receives stored messages (exactly once, in inboxSeq order,
+	// including this user's own sends from any device) and online-only
+	// messages (as they come). Typing indicators go to OnTyping instead when
+	// it is set.
+	OnMessage func(protocol.Message)
+	// OnTyping is called when a peer starts or stops typing.
+	OnTyping func(peer string, typing bool)
+	// OnConnection is called on every connect (true) and loss (false).
+	OnConnection func(connected bool)
+
+	// TypingInterval is the shortest time between two typing indicators a
+	// Typist sends. Default 3s.
+	TypingInterval time.Duration
+	// TypingTimeout is how long a peer counts as typing after its last
+	// indicator. Default 6s.
+	TypingTimeout time.Duration
+	// SyncPageSize is the number of messages per catch-up page (1-1000).
+	// Default 200.
+	SyncPageSize int
+	// ConnectTimeout bounds each connection attempt. Default 10s.
+	ConnectTimeout time.Duration
+	// MaxReconnectInterval caps the backoff between reconnect attempts.
+	// Default 30s.
+	MaxReconnectInterval time.Duration
+	// TLS configures tls:// and wss:// brokers.
+	TLS *tls.Config
+	// Logger receives the client's diagnostics. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.DeviceID == "" {
+		c.DeviceID = "sdk-" + randomHex(6)
+	}
+	if c.TypingInterval == 0 {
+		c.TypingInterval = 3 * time.Second
+	}
+	if c.TypingTimeout == 0 {
+		c.TypingTimeout = 6 * time.Second
+	}
+	if c.SyncPageSize == 0 {
+		c.SyncPageSize = 200
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.MaxReconnectInterval == 0 {
+		c.MaxReconnectInterval = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Broker == "":
+		return errors.New("client: Config.Broker is required")
+	case !protocol.ValidUserID(c.User):
+		return fmt.Errorf("client: Config.User %q is not a user ID", c.User)
+	case c.Token == "" && c.TokenFunc == nil:
+		return errors.New("client: Config.Token or TokenFunc is required")
+	case c.SyncPageSize < 1 || c.SyncPageSize > protocol.MaxPageLimit:
+		return fmt.Errorf("client: Config.SyncPageSize %d is outside 1 to %d", c.SyncPageSize, protocol.MaxPageLimit)
+	}
+	return nil
+}
+
+// Client is one connected device of a user.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	mqtt paho.Client
+	ids  atomic.Uint64 // request id counter
+	run  *dispatcher
+
+	mu       sync.Mutex                      // guards the fields below
+	up       chan struct{}                   // closed while connected; replaced when the connection is lost
+	lost     chan struct{}                   // closed when the current connection is lost
+	closed   bool                            //
+	pending  map[string]chan json.RawMessage // request id -> its answer
+	cursor   uint64                          // highest inboxSeq delivered to OnMessage
+	epoch    string                          // epoch of cursor
+	ahead    map[uint64]protocol.Message     // stored messages beyond cursor+1
+	syncing  bool                            // a catch-up is running
+	resync   bool                            // run the catch-up again when it ends
+	typists  map[string]*Typist              // by peer
+	watching map[string]*peerTyping          // by peer
+	done     chan struct{}                   // closed by Close
+}
+
+// Dial connects to the broker, subscribes and returns. It starts catching up
+// from Config.InboxSeq in the background. It fails with ErrNotAuthorized if
+// the credentials are refused; other first-connect errors are returned as
+// they are, and ctx bounds the whole call.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg: cfg, log: cfg.Logger, run: newDispatcher(),
+		up: make(chan struct{}), lost: make(chan struct{}),
+		pending: map[string]chan json.RawMessage{}, cursor: cfg.InboxSeq, epoch: cfg.Epoch,
+		ahead: map[uint64]protocol.Message{}, typists: map[string]*Typist{},
+		watching: map[string]*peerTyping{}, done: make(chan struct{}),
+	}
+	subscribed := make(chan error, 1)
+	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.DeviceID).
+		SetCleanSession(!cfg.Persistent).SetOrderMatters(true).SetKeepAlive(30 * time.Second).
+		SetAutoReconnect(true).SetConnectRetry(false).SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+		SetConnectTimeout(cfg.ConnectTimeout).SetTLSConfig(cfg.TLS).
+		SetCredentialsProvider(func() (string, string) {
+			if cfg.TokenFunc == nil {
+				return cfg.User, cfg.Token
+			}
+			tok, err := cfg.TokenFunc()
+			if err != nil {
+				c.log.Error("token refresh failed", "error", err)
+			}
+			return cfg.User, tok
+		}).
+		SetOnConnectHandler(func(paho.Client) {
+			err := c.onConnect()
+			select {
+			case subscribed <- err:
+			default:
+			}
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { c.onLost(err) })
+	c.mqtt = paho.NewClient(opts)
+	tok := c.mqtt.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		c.mqtt.Disconnect(0)
+		return nil, ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		c.mqtt.Disconnect(0)
+		c.run.stop()
+		if errors.Is(err, pahopackets.ErrorRefusedNotAuthorised) || errors.Is(err, pahopackets.ErrorRefusedBadUsernameOrPassword) {
+			return nil, ErrNotAuthorized
+		}
+		return nil, fmt.Errorf("client: connect %s: %w", cfg.Broker, err)
+	}
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	case <-ctx.Done():
+		c.Close()
+		return nil, ctx.Err()
+	}
+	return c, nil
+}
+
+// onConnect subscribes, marks the client connected and starts a catch-up.
+// paho runs it on its own goroutine after every connect.
+func (c *Client) onConnect() error {
+	u := c.cfg.User
+	filters := map[string]byte{protocol.InboxTopic(u): 1, protocol.OnlineFilter(u): 0, protocol.ReplyTopic(u): 1}
+	tok := c.mqtt.SubscribeMultiple(filters, c.route)
+	if !tok.WaitTimeout(c.cfg.ConnectTimeout) || tok.Error() != nil {
+		c.log.Error("subscribe failed", "error", tok.Error())
+		return fmt.Errorf("client: subscribe: %v", tok.Error())
+	}
+	for f, code := range tok.(*paho.SubscribeToken).Result() {
+		// With a persistent session present, mochi may refuse a repeated
+		// SUBSCRIBE whose packet id collides with a pending delivery; the
+		// session still holds the subscription.
+		if code >= 0x80 && !c.cfg.Persistent {
+			return fmt.Errorf("client: subscription %s refused (%#x)", f, code)
+		}
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	close(c.up)
+	c.mu.Unlock()
+	c.log.Info("connected", "broker", c.cfg.Broker, "user", u)
+	if c.cfg.OnConnection != nil {
+		c.run.do(func() { c.cfg.OnConnection(true) })
+	}
+	go c.catchUp()
+	return nil
+}
+
+func (c *Client) onLost(err error) {
+	c.mu.Lock()
+	select {
+	case <-c.up:
+		c.up = make(chan struct{})
+		close(c.lost)
+		c.lost = make(chan struct{})
+	default:
+	}
+	c.mu.Unlock()
+	c.log.Warn("connection lost", "error", err)
+	if c.cfg.OnConnection != nil {
+		c.run.do(func() { c.cfg.OnConnection(false) })
+	}
+}
+
+// route handles everything that arrives, on paho's goroutine.
+func (c *Client) route(_ paho.Client, m paho.Message) {
+	switch _, kind := protocol.ParseTopic(m.Topic()); kind {
+	case protocol.TopicInbox, protocol.TopicOnline:
+		var msg protocol.Message
+		if err := json.Unmarshal(m.Payload(), &msg); err != nil {
+			c.log.Error("undecodable message", "topic", m.Topic(), "error", err)
+			return
+		}
+		if kind == protocol.TopicOnline || msg.OnlineUserOnly {
+			c.acceptOnline(msg)
+			return
+		}
+		c.acceptStored(msg)
+		c.fillGap()
+	case protocol.TopicReply:
+		var head struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(m.Payload(), &head) != nil || head.ID == "" {
+			return
+		}
+		c.mu.Lock()
+		ch := c.pending[head.ID]
+		delete(c.pending, head.ID)
+		c.mu.Unlock()
+		if ch != nil {
+			ch <- m.Payload()
+		}
+	}
+}
+
+// acceptStored passes a stored message to OnMessage if it is the next in
+// inboxSeq order, holds it if it is ahead, and drops it if seen before.
+func (c *Client) acceptStored(m protocol.Message) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case m.InboxSeq <= c.cursor:
+		return // delivered before (a resend, or a sync overlapping live delivery)
+	case m.InboxSeq > c.cursor+1:
+		c.ahead[m.InboxSeq] = m
+		return
+	}
+	c.deliverLocked(m)
+	for {
+		next, ok := c.ahead[c.cursor+1]
+		if !ok {
+			return
+		}
+		delete(c.ahead, c.cursor+1)
+		c.deliverLocked(next)
+	}
+}
+
+func (c *Client) deliverLocked(m protocol.Message) {
+	c.cursor = m.InboxSeq
+	if c.cfg.OnTyping != nil && m.From != c.cfg.User {
+		c.typingCleared(m.From, m.Time)
+	}
+	if c.cfg.OnMessage != nil {
+		c.run.do(func() { c.cfg.OnMessage(m) })
+	}
+}
+
+// fillGap starts a catch-up if messages are held beyond a hole.
+func (c *Client) fillGap() {
+	c.mu.Lock()
+	gap := len(c.ahead) > 0
+	c.mu.Unlock()
+	if gap {
+		go c.catchUp()
+	}
+}
+
+// catchUp syncs from the cursor until the server has nothing more. Only one
+// runs at a time; a request for another while it runs makes it go round
+// once more.
+func (c *Client) catchUp() {
+	c.mu.Lock()
+	if c.syncing {
+		c.resync = true
+		c.mu.Unlock()
+		return
+	}
+	c.syncing = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.syncing = false
+		c.mu.Unlock()
+	}()
+	for {
+		c.mu.Lock()
+		after := c.cursor
+		c.resync = false
+		c.mu.Unlock()
+		var page protocol.Page
+		err := c.request(context.Background(), protocol.SyncTopic(c.cfg.User), func(id string) any {
+			return protocol.SyncRequest{ID: id, After: after, Limit: c.cfg.SyncPageSize}
+		}, &page)
+		if err != nil {
+			if !errors.Is(err, ErrClosed) {
+				c.log.Error("catch-up failed; retried at the next connect or gap", "error", err)
+			}
+			return
+		}
+		c.mu.Lock()
+		if c.epoch != "" && page.Epoch != c.epoch {
+			c.log.Warn("server history was reset; starting over", "old_epoch", c.epoch, "epoch", page.Epoch)
+			c.cursor, c.ahead = 0, map[uint64]protocol.Message{}
+			c.epoch = page.Epoch
+			c.mu.Unlock()
+			continue
+		}
+		c.epoch = page.Epoch
+		c.mu.Unlock()
+		for _, m := range page.Messages {
+			c.acceptStored(m)
+		}
+		c.mu.Lock()
+		again := page.More || c.resync
+		c.mu.Unlock()
+		if !again {
+			return
+		}
+	}
+}
+
+// request publishes the request that build makes with a fresh id to topic,
+// and decodes the answer into out. If the connection drops before the answer
+// comes, it waits for the next connection and publishes the same request
+// again.
+func (c *Client) request(ctx context.Context, topic string, build func(id string) any, out any) error {
+	id := c.newID()
+	payload, err := json.Marshal(build(id))
+	if err != nil {
+		return err
+	}
+	return c.exchange(ctx, topic, id, payload, out)
+}
+
+// newID returns a request id unique to this client.
+func (c *Client) newID() string {
+	return fmt.Sprintf("%s-%d", c.cfg.DeviceID, c.ids.Add(1))
+}
+
+func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte, out any) error {
+	answer := make(chan json.RawMessage, 1)
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+	}()
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		up, lost := c.up, c.lost
+		c.pending[id] = answer
+		c.mu.Unlock()
+		select { // wait until connected
+		case <-up:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return ErrClosed
+		}
+		// QoS 0: the answer is the acknowledgement, and this loop resends
+		// after a reconnect. At QoS 1 paho would also keep and resend the
+		// request itself, and its resend races with its writer (paho v1.5.1,
+		// client.resume under -race).
+		tok := c.mqtt.Publish(topic, 0, false, payload)
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return ErrClosed
+		}
+		if tok.Error() != nil {
+			c.log.Debug("request not sent; retrying after reconnect", "id", id, "error", tok.Error())
+			select {
+			case <-lost:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.done:
+				return ErrClosed
+			}
+			continue
+		}
+		select {
+		case a := <-answer:
+			return json.Unmarshal(a, out)
+		case <-lost:
+			c.log.Debug("connection lost before the answer; sending again", "id", id)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.done:
+			return ErrClosed
+		}
+	}
+}
+
+// InboxSeq returns the inboxSeq of the last stored message passed to
+// OnMessage (or queued for it). Save it with Epoch to resume later.
+func (c *Client) InboxSeq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cursor
+}
+
+// Epoch returns the server history's epoch that InboxSeq belongs to; empty
+// until the first catch-up answered.
+func (c *Client) Epoch() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch
+}
+
+// Connected reports whether the client is connected and subscribed now.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.up:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close disconnects and stops the client. Calls waiting for answers return
+// ErrClosed; callbacks already queued still run before Close returns.
+// Later calls return nil.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.done)
+	for _, w := range c.watching {
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+	}
+	c.mu.Unlock()
+	c.mqtt.Disconnect(250)
+	c.run.stop()
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,30 @@
+// Package client is imbridge's Go device SDK, on paho.mqtt.golang: connect,
+// send, receive, page through history and show "… is typing", with the
+// messaging rules of docs/protocol.md handled for you.
+//
+// # Basics
+//
+// [Dial] connects with a user ID and token, subscribes to the user's topics
+// and returns once it can send. It reconnects on its own with exponential
+// backoff (paho's), subscribes again, and after every connect catches up
+// from the server's history, so that [Config.OnMessage] sees every stored
+// message exactly once and in inboxSeq order — across reconnects and server
+// restarts, with clean or persistent sessions. Keep [Client.InboxSeq] (and
+// [Client.Epoch]) to resume from there after the app restarts.
+//
+// [Client.SendMessage] sends a stored or an online-only message and returns
+// the server's receipt: stored (id, seq, time), delivered, or offline; or an
+// [*Error]. If the connection drops while it waits, it sends again with the
+// same id once reconnected; the server answers a retry without sending twice.
+//
+// [Client.Typist] and [Config.OnTyping] implement the typing indicator on
+// online-only {"command":"textInput"} messages: the sender side throttles,
+// the receiver side expires the state on its own.
+//
+// # Caveats
+//
+// Callbacks run one at a time on one goroutine of the client, in order; a
+// slow callback delays later ones, not the network. Online-only messages are
+// never kept by the client: a device that was offline never sees them.
+// All methods are safe for concurrent use.
+package client

@@ -1,0 +1,32 @@
+package client
+
+import (
+	"errors"
+
+	"github.com/imbridge/imbridge/protocol"
+)
+
+// Errors of the client itself.
+var (
+	// ErrClosed is returned by calls on, or waiting in, a closed Client.
+	ErrClosed = errors.New("client: closed")
+	// ErrNotAuthorized means the server refused the credentials at connect.
+	ErrNotAuthorized = errors.New("client: not authorized")
+)
+
+// Error is an error the server reported for a request: a receipt or page
+// with status error. Test its Code, or use errors.As.
+type Error struct {
+	Code    protocol.ErrorCode
+	Message string
+}
+
+// Error returns "client: server: CODE: MESSAGE".
+func (e *Error) Error() string { return "client: server: " + string(e.Code) + ": " + e.Message }
+
+func serverError(e *protocol.Error) error {
+	if e == nil {
+		return nil
+	}
+	return &Error{Code: e.Code, Message: e.Message}
+}

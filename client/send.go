@@ -1,0 +1,78 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/imbridge/imbridge/protocol"
+)
+
+// SendOptions are the per-message options of SendMessage, as in V2TIM.
+type SendOptions struct {
+	// OnlineUserOnly sends an online-only message: one connected device of
+	// the receiver gets it, or nobody; it is never stored.
+	OnlineUserOnly bool
+	// Priority is passed on with the message. Default: default.
+	Priority protocol.Priority
+	// ID is the client message id. Default: a fresh one. Give your own to
+	// retry a send across app restarts without sending it twice.
+	ID string
+}
+
+// SendMessage sends data (any value encoding/json accepts, or a
+// json.RawMessage) to the user `to`, and returns the server's receipt: status
+// stored (with MsgID, Seq, InboxSeq, Time), delivered or offline (online-only),
+// or dropped. A refused request returns an *Error. SendMessage blocks until
+// the receipt arrives or ctx ends; if the connection drops meanwhile, it sends
+// again with the same id once reconnected, and the server does not send twice.
+func (c *Client) SendMessage(ctx context.Context, to string, data any, opts SendOptions) (protocol.Receipt, error) {
+	raw, ok := data.(json.RawMessage)
+	if !ok {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return protocol.Receipt{}, fmt.Errorf("client: encode data: %w", err)
+		}
+		raw = b
+	}
+	id := opts.ID
+	if id == "" {
+		id = c.newID()
+	}
+	payload, err := json.Marshal(protocol.SendRequest{To: to, OnlineUserOnly: opts.OnlineUserOnly, Data: raw, ID: id, Priority: opts.Priority})
+	if err != nil {
+		return protocol.Receipt{}, err
+	}
+	var r protocol.Receipt
+	if err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload, &r); err != nil {
+		return protocol.Receipt{}, err
+	}
+	if r.Status == protocol.StatusError {
+		return r, serverError(r.Error)
+	}
+	if !opts.OnlineUserOnly {
+		c.sent(to)
+	}
+	return r, nil
+}
+
+// HistoryOptions select a page of a conversation: Before or After a seq
+// (exclusive), or the newest page when both are zero. Limit is 1 to 1000,
+// default 50.
+type HistoryOptions struct {
+	Before, After uint64
+	Limit         int
+}
+
+// History returns a page of the conversation with peer, oldest first, and
+// whether more exists in the direction asked (Page.NextBefore/NextAfter).
+func (c *Client) History(ctx context.Context, peer string, opts HistoryOptions) (protocol.Page, error) {
+	var p protocol.Page
+	err := c.request(ctx, protocol.HistoryTopic(c.cfg.User), func(id string) any {
+		return protocol.HistoryRequest{ID: id, With: peer, Limit: opts.Limit, Before: opts.Before, After: opts.After}
+	}, &p)
+	if err != nil {
+		return protocol.Page{}, err
+	}
+	return p, serverError(p.Error)
+}
