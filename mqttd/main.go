@@ -41,9 +41,9 @@ func main() {
 
 // options are the command line of the node.
 type options struct {
-	mqtt, ws, http, data, secret, logLevel string
-	maxPayload, maxPending, maxInflight    int
-	sessionExpiry, shutdownTimeout         time.Duration
+	mqtt, ws, http, data, secret, logLevel, demo string
+	maxPayload, maxPending, maxInflight          int
+	sessionExpiry, shutdownTimeout               time.Duration
 }
 
 // envOr returns the environment variable name, or def.
@@ -67,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	str(&o.data, "data", "MQTTD_DATA", "./data", "data directory: history.db and the generated secret")
 	str(&o.secret, "secret", "MQTTD_SECRET", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
 	str(&o.logLevel, "log", "MQTTD_LOG", "info", "log level: debug, info, warn, error")
+	str(&o.demo, "demo", "MQTTD_DEMO", "", "serve this directory at /demo/ (the browser demo: examples/browser, after npm ci there)")
 	var errs []error
 	num := func(p *int, name, env string, def int, usage string) {
 		v := def
@@ -126,7 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv, err := server.New(server.Config{
 		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
-		SessionExpiry: o.sessionExpiry, Logger: log,
+		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -46,6 +46,10 @@ type Config struct {
 	// Default 1s.
 	ShutdownGrace time.Duration
 
+	// DemoDir, if set, is served at /demo/ on the HTTP listener: the browser
+	// demo in examples/browser (after npm ci there). Off by default.
+	DemoDir string
+
 	// Logger receives the node's logs. Default: discard.
 	Logger *slog.Logger
 }

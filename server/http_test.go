@@ -29,16 +29,19 @@ func httpSync(t *testing.T, n *testserver.Node, token string, after uint64) prot
 // TestHealthz answers with the node's counters.
 func TestHealthz(t *testing.T) {
 	n := testserver.Start(t)
+	v3(t, n, "bob", opts{}) // one device, three subscriptions
 	resp, err := http.Get(n.HTTPURL() + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var h struct {
-		Status string `json:"status"`
-		Epoch  string `json:"epoch"`
+		Status        string `json:"status"`
+		Epoch         string `json:"epoch"`
+		Clients       int    `json:"clients"`
+		Subscriptions int    `json:"subscriptions"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || h.Status != "ok" || h.Epoch == "" {
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || h.Status != "ok" || h.Epoch == "" || h.Clients != 1 || h.Subscriptions != 3 {
 		t.Fatalf("healthz: %+v %v", h, err)
 	}
 }

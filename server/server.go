@@ -144,6 +144,7 @@ type Health struct {
 	Status    string       `json:"status"`
 	Epoch     string       `json:"epoch"`
 	Clients   int64        `json:"clients"`           // connected devices
+	Subs      int64        `json:"subscriptions"`     // subscriptions of all sessions
 	Bridge    bridge.Stats `json:"bridge"`            // message counters
 	Commits   uint64       `json:"commits"`           // history commits
 	Appended  uint64       `json:"appended"`          // appends in them
@@ -159,6 +160,7 @@ func (s *Server) Health() Health {
 	return Health{
 		Status: "ok", Epoch: s.bridge.Epoch(),
 		Clients: atomic.LoadInt64(&s.mqtt.Info.ClientsConnected),
+		Subs:    atomic.LoadInt64(&s.mqtt.Info.Subscriptions),
 		Bridge:  s.bridge.Stats(),
 		Commits: st.Commits, Appended: st.Appended,
 		Inflight:  atomic.LoadInt64(&s.mqtt.Info.Inflight),
@@ -168,7 +170,8 @@ func (s *Server) Health() Health {
 	}
 }
 
-// Handler returns the node's HTTP API: /healthz and the bridge's /v1/ API.
+// Handler returns the node's HTTP API: /healthz, the bridge's /v1/ API, and
+// the demo at /demo/ when Config.DemoDir is set.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -176,6 +179,9 @@ func (s *Server) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(s.Health())
 	})
 	mux.Handle("/v1/", s.bridge.Handler())
+	if s.cfg.DemoDir != "" {
+		mux.Handle("/demo/", http.StripPrefix("/demo/", http.FileServer(http.Dir(s.cfg.DemoDir))))
+	}
 	return mux
 }
 

@@ -10,18 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imbridge/imbridge/internal/needs"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
 )
-
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian: apt-get install mosquitto-clients curl); .ci/run installs it", tool)
-		}
-	}
-}
 
 func script(t *testing.T, n *testserver.Node, env []string, name string, args ...string) *exec.Cmd {
 	host, port, _ := strings.Cut(n.MQTTAddr(), ":")
@@ -43,7 +35,9 @@ func receipt(t *testing.T, out []byte) protocol.Receipt {
 // TestScripts: watch.sh sees what send.sh and curl-send.sh send, of both
 // kinds, and the senders print their receipts.
 func TestScripts(t *testing.T) {
-	need(t, "mosquitto_sub", "mosquitto_rr", "curl")
+	for _, tool := range []string{"mosquitto_sub", "mosquitto_rr", "curl"} {
+		needs.Tool(t, "Debian: apt-get install mosquitto-clients curl", tool)
+	}
 	n := testserver.Start(t)
 
 	watch := script(t, n, []string{"TOKEN=" + n.Token("bob")}, "watch.sh", "bob")

@@ -1,0 +1,124 @@
+package interop
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imbridge/imbridge/internal/needs"
+	"github.com/imbridge/imbridge/internal/testserver"
+	"github.com/imbridge/imbridge/protocol"
+)
+
+// sub is a running mosquitto_sub, printing "TOPIC PAYLOAD" lines.
+type sub struct {
+	t     *testing.T
+	lines chan string
+}
+
+func mosquittoSub(t *testing.T, n *testserver.Node, version, user, id string) *sub {
+	t.Helper()
+	host, port, _ := strings.Cut(n.MQTTAddr(), ":")
+	cmd := exec.Command("mosquitto_sub", "-V", version, "-h", host, "-p", port, "-i", id, "-u", user, "-P", n.Token(user),
+		"-q", "1", "-v", "-t", protocol.InboxTopic(user), "-t", protocol.OnlineFilter(user))
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	s := &sub{t: t, lines: make(chan string, 100)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+	}()
+	return s
+}
+
+// next returns the next line's topic and message.
+func (s *sub) next() (string, protocol.Message) {
+	s.t.Helper()
+	select {
+	case l := <-s.lines:
+		topic, payload, _ := strings.Cut(l, " ")
+		var m protocol.Message
+		if err := json.Unmarshal([]byte(payload), &m); err != nil {
+			s.t.Fatalf("mosquitto_sub printed %q: %v", l, err)
+		}
+		return topic, m
+	case <-time.After(10 * time.Second):
+		s.t.Fatal("mosquitto_sub printed nothing")
+	}
+	return "", protocol.Message{}
+}
+
+func mosquittoPub(t *testing.T, n *testserver.Node, version, user, payload string) {
+	t.Helper()
+	host, port, _ := strings.Cut(n.MQTTAddr(), ":")
+	out, err := exec.Command("mosquitto_pub", "-V", version, "-h", host, "-p", port, "-u", user, "-P", n.Token(user),
+		"-q", "1", "-t", protocol.SendTopic(user), "-m", payload).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, out)
+	}
+}
+
+// TestMosquitto: with two mosquitto_sub devices of bob on the shared online
+// subscription, a stored message reaches both and an online-only one exactly
+// one, for MQTT 3.1.1 and 5.
+func TestMosquitto(t *testing.T) {
+	for _, tool := range []string{"mosquitto_sub", "mosquitto_pub"} {
+		needs.Tool(t, "Debian: apt-get install mosquitto-clients", tool)
+	}
+	for _, version := range []string{"mqttv311", "mqttv5"} {
+		t.Run(version, func(t *testing.T) {
+			n := testserver.Start(t)
+			phone := mosquittoSub(t, n, version, "bob", "phone")
+			laptop := mosquittoSub(t, n, version, "bob", "laptop")
+			deadline := time.Now().Add(10 * time.Second)
+			for n.Health().Subs < 4 { // both have subscribed to both filters
+				if time.Now().After(deadline) {
+					t.Fatalf("mosquitto_sub did not subscribe: %+v", n.Health())
+				}
+				time.Sleep(10 * time.Millisecond) // polling a condition
+			}
+			// A stored message proves both subscriptions are in place.
+			mosquittoPub(t, n, version, "alice", `{"to":"bob","data":"stored"}`)
+			for _, s := range []*sub{phone, laptop} {
+				if topic, m := s.next(); topic != protocol.InboxTopic("bob") || string(m.Data) != `"stored"` || m.Seq != 1 {
+					t.Fatalf("got %s %+v", topic, m)
+				}
+			}
+			const k = 6
+			for i := range k {
+				mosquittoPub(t, n, version, "alice", `{"to":"bob","onlineUserOnly":true,"data":{"command":"textInput","i":`+string(rune('0'+i))+`}}`)
+			}
+			// Every indicator went to exactly one device: k lines in all.
+			mosquittoPub(t, n, version, "alice", `{"to":"bob","data":"end"}`)
+			online := 0
+			for _, s := range []*sub{phone, laptop} {
+				for {
+					topic, m := s.next()
+					if topic == protocol.InboxTopic("bob") && string(m.Data) == `"end"` {
+						break
+					}
+					if topic != protocol.OnlineTopic("bob") || !m.OnlineUserOnly {
+						t.Fatalf("got %s %+v", topic, m)
+					}
+					online++
+				}
+			}
+			if online != k {
+				t.Fatalf("%d online-only deliveries for %d sends, want exactly one each", online, k)
+			}
+			if got := n.Health().Bridge.Delivered; got != k {
+				t.Fatalf("delivered = %d, want %d", got, k)
+			}
+		})
+	}
+}
