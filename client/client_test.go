@@ -299,3 +299,21 @@ func TestHistory(t *testing.T) {
 		t.Fatalf("bad peer: %v", err)
 	}
 }
+
+// TestWebSocket: the SDK over ws://, both kinds.
+func TestWebSocket(t *testing.T) {
+	n := testserver.Start(t)
+	bobApp := newApp()
+	dial(t, n, "bob", bobApp, func(c *client.Config) { c.Broker = n.WSURL() })
+	alice := dial(t, n, "alice", newApp(), func(c *client.Config) { c.Broker = n.WSURL() })
+	if r := send(t, alice, "bob", "over ws", client.SendOptions{}); r.Status != protocol.StatusStored {
+		t.Fatalf("receipt %+v", r)
+	}
+	bobApp.stored(t, 0, 1)
+	if r := send(t, alice, "bob", "ping", client.SendOptions{OnlineUserOnly: true}); r.Status != protocol.StatusDelivered {
+		t.Fatalf("receipt %+v", r)
+	}
+	if m := bobApp.next(t); !m.OnlineUserOnly {
+		t.Fatalf("got %+v", m)
+	}
+}
