@@ -33,6 +33,10 @@ func v5(t *testing.T, n *testserver.Node, user string, o opts) *dev {
 	return testdevice.ConnectV5(t, n.MQTTAddr(), user, o)
 }
 
+// protocols connects a device with each MQTT version, for rules that must
+// hold for both.
+var protocols = map[string]func(*testing.T, *testserver.Node, string, opts) *dev{"3.1.1": v3, "5": v5}
+
 // TestStoredMessageReachesEveryDevice: a normal message is delivered at QoS 1
 // to every device of the receiver and copied to the sender's devices, with
 // seq and inboxSeq, and is in the history.
@@ -109,13 +113,9 @@ func TestSeqOrdersConversation(t *testing.T) {
 // connected device, never a disconnected persistent session (now or when it
 // comes back), never the sender's other devices, never the history.
 func TestOnlineOnlyExactlyOneConnectedDevice(t *testing.T) {
-	for _, proto := range []string{"3.1.1", "5"} {
+	for proto, connect := range protocols {
 		t.Run(proto, func(t *testing.T) {
 			n := testserver.Start(t)
-			connect := v3
-			if proto == "5" {
-				connect = v5
-			}
 			// Two persistent sessions of bob that go away, then one that stays.
 			for _, id := range []string{"old-phone", "old-tablet"} {
 				d := connect(t, n, "bob", opts{ClientID: id})
@@ -227,13 +227,9 @@ func TestRetryIsNotSentTwice(t *testing.T) {
 // TestPersistentSessionGetsWhatItMissed: a device with a persistent session
 // receives on reconnect the stored messages sent while it was away.
 func TestPersistentSessionGetsWhatItMissed(t *testing.T) {
-	for _, proto := range []string{"3.1.1", "5"} {
+	for proto, connect := range protocols {
 		t.Run(proto, func(t *testing.T) {
 			n := testserver.Start(t)
-			connect := v3
-			if proto == "5" {
-				connect = v5
-			}
 			bob := connect(t, n, "bob", opts{ClientID: "phone"})
 			bob.Close()
 			alice := v3(t, n, "alice", opts{})
