@@ -1,6 +1,9 @@
 package bridge
 
-import "testing"
+import (
+	"log/slog"
+	"testing"
+)
 
 func TestACL(t *testing.T) {
 	type want struct{ pub, sub, recv bool }
@@ -52,3 +55,5 @@ func BenchmarkDeliveryACL(b *testing.B) {
 		}
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

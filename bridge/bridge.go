@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"bytes"
-	"encoding/json"
 	"log/slog"
 	"strings"
 	"sync"
@@ -263,24 +262,18 @@ func (b *Bridge) runFanout() {
 	defer close(b.fanoutDone)
 	for batch := range b.fanout {
 		for _, a := range batch {
-			m := a.Message
-			m.InboxSeq = a.ToInboxSeq
-			b.deliverStored(m.To, m)
+			m := &a.Message
+			b.deliverStored(m.To, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq))
 			if m.From != m.To {
-				m.InboxSeq = a.FromInboxSeq
-				b.deliverStored(m.From, m)
+				b.deliverStored(m.From, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq))
 			}
 		}
 	}
 }
 
-// deliverStored publishes m at QoS 1 to user's inbox, with user's InboxSeq.
-func (b *Bridge) deliverStored(user string, m protocol.Message) {
-	payload, err := json.Marshal(&m)
-	if err == nil {
-		err = b.publish(protocol.InboxTopic(user), payload, 1, packets.Properties{})
-	}
-	if err != nil {
-		b.log.Error("deliver stored message", "error", err, "id", m.ID, "user", user)
+// deliverStored publishes an encoded stored message at QoS 1 to user's inbox.
+func (b *Bridge) deliverStored(user, id string, payload []byte) {
+	if err := b.publish(protocol.InboxTopic(user), payload, 1, packets.Properties{}); err != nil {
+		b.log.Error("deliver stored message", "error", err, "id", id, "user", user)
 	}
 }

@@ -121,6 +121,7 @@ func TestOnlineOnlyExactlyOneConnectedDevice(t *testing.T) {
 				d := connect(t, n, "bob", opts{ClientID: id})
 				d.Close()
 			}
+			n.WaitClients(0)
 			bobLive := connect(t, n, "bob", opts{ClientID: "live"})
 			alice := connect(t, n, "alice", opts{ClientID: "a1"})
 			aliceOther := connect(t, n, "alice", opts{ClientID: "a2"})
@@ -179,6 +180,7 @@ func TestOnlineOnlyOffline(t *testing.T) {
 	n := testserver.Start(t)
 	old := v3(t, n, "bob", opts{ClientID: "persistent"})
 	old.Close()
+	n.WaitClients(0)
 	// The PUBACK is read off a raw MQTT 5 connection: paho.golang v0.23
 	// sometimes reports 0x00 for it when a receipt arrives around it.
 	alice := testdevice.RawConnect(t, n.MQTTAddr(), 5, packets.ConnectParams{
@@ -232,6 +234,7 @@ func TestPersistentSessionGetsWhatItMissed(t *testing.T) {
 			n := testserver.Start(t)
 			bob := connect(t, n, "bob", opts{ClientID: "phone"})
 			bob.Close()
+			n.WaitClients(0)
 			alice := v3(t, n, "alice", opts{})
 			for i := range 3 {
 				alice.Send(fmt.Sprintf(`{"to":"bob","data":%d}`, i))

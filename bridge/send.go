@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -70,11 +69,7 @@ func (b *Bridge) sendOnline(m *protocol.Message) protocol.Receipt {
 			return r
 		}
 	}
-	payload, err := json.Marshal(m)
-	if err != nil {
-		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeInternal, Message: err.Error()})
-	}
-	route, err := b.routeOnline(m, payload)
+	route, err := b.routeOnline(m, protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), m))
 	r := protocol.Receipt{Type: "receipt", ID: m.ClientMsgID, MsgID: m.ID, Time: m.Time}
 	switch {
 	case err != nil:

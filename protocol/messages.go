@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 )
 
@@ -217,16 +218,20 @@ func checkLimit(limit *int) *Error {
 // JSON that is not an object, and fields of the wrong type.
 func decodeObject(b []byte, v any) *Error {
 	t := bytes.TrimLeft(b, " \t\r\n")
-	if len(t) == 0 {
+	switch {
+	case len(t) == 0:
 		return errorf(CodeBadJSON, "empty payload")
-	}
-	if !json.Valid(t) {
+	case t[0] != '{' && json.Valid(t):
+		return errorf(CodeNotObject, "payload must be a JSON object")
+	case t[0] != '{':
 		return errorf(CodeBadJSON, "payload is not valid JSON")
 	}
-	if t[0] != '{' {
-		return errorf(CodeNotObject, "payload must be a JSON object")
-	}
+	// Unmarshal checks the whole input before it decodes: one pass.
 	if err := json.Unmarshal(t, v); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return errorf(CodeBadJSON, "payload is not valid JSON: "+err.Error())
+		}
 		return errorf(CodeBadJSON, err.Error())
 	}
 	return nil
@@ -246,4 +251,75 @@ func PeekMessageID(payload []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return rest[:end], true
+}
+
+// WithUint returns a copy of the encoded JSON object obj with the member
+// "name": n appended. obj must be a JSON object as encoding/json writes it
+// (ending in '}'), and must not have the member already. It lets the server
+// encode a message once and add the seq and inboxSeq it learns later.
+func WithUint(obj []byte, name string, n uint64) []byte {
+	out := make([]byte, 0, len(obj)+len(name)+24)
+	out = append(out, obj[:len(obj)-1]...)
+	if len(obj) > 2 {
+		out = append(out, ',')
+	}
+	out = append(out, '"')
+	out = append(out, name...)
+	out = append(out, '"', ':')
+	out = strconv.AppendUint(out, n, 10)
+	return append(out, '}')
+}
+
+// AppendMessage appends the JSON encoding of m to dst, as json.Marshal would
+// write it (same members, same order, "id" first) but for data, which is
+// copied as it is and so must be valid JSON (DecodeSendRequest ensures it).
+// It is the server's encoder for the messages it delivers.
+func AppendMessage(dst []byte, m *Message) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendString(dst, m.ID)
+	dst = append(dst, `,"from":`...)
+	dst = appendString(dst, m.From)
+	dst = append(dst, `,"to":`...)
+	dst = appendString(dst, m.To)
+	dst = append(dst, `,"onlineUserOnly":`...)
+	dst = strconv.AppendBool(dst, m.OnlineUserOnly)
+	dst = append(dst, `,"time":`...)
+	dst = strconv.AppendInt(dst, m.Time, 10)
+	dst = append(dst, `,"data":`...)
+	if len(m.Data) == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, m.Data...)
+	}
+	if m.ClientMsgID != "" {
+		dst = append(dst, `,"clientMsgId":`...)
+		dst = appendString(dst, m.ClientMsgID)
+	}
+	if m.Priority != "" {
+		dst = append(dst, `,"priority":`...)
+		dst = appendString(dst, string(m.Priority))
+	}
+	if m.Seq != 0 {
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendUint(dst, m.Seq, 10)
+	}
+	if m.InboxSeq != 0 {
+		dst = append(dst, `,"inboxSeq":`...)
+		dst = strconv.AppendUint(dst, m.InboxSeq, 10)
+	}
+	return append(dst, '}')
+}
+
+// appendString appends s as a JSON string. IDs need no escaping; anything
+// else goes through encoding/json.
+func appendString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s)
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }

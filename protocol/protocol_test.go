@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -199,6 +200,84 @@ func FuzzParseTopic(f *testing.F) {
 		}
 		if !ValidUserID(user) || strings.ContainsAny(topic, "+#") || !strings.HasPrefix(topic, "users/"+user+"/") {
 			t.Fatalf("ParseTopic(%q) = %q, %v", topic, user, kind)
+		}
+	})
+}
+
+func TestWithUint(t *testing.T) {
+	m := Message{ID: "x", From: "a", To: "b", Time: 5, Data: json.RawMessage(`{"k":[1,2]}`)}
+	enc, _ := json.Marshal(&m)
+	got := WithUint(WithUint(enc, "seq", 7), "inboxSeq", 12)
+	var back Message
+	if err := json.Unmarshal(got, &back); err != nil || back.Seq != 7 || back.InboxSeq != 12 || back.ID != "x" || string(back.Data) != `{"k":[1,2]}` {
+		t.Fatalf("%s -> %+v %v", got, back, err)
+	}
+	if string(WithUint([]byte(`{}`), "n", 1)) != `{"n":1}` {
+		t.Fatal("empty object")
+	}
+	if id, ok := PeekMessageID(got); !ok || string(id) != "x" {
+		t.Fatal("id no longer first")
+	}
+}
+
+func TestAppendMessageMatchesEncodingJSON(t *testing.T) {
+	for _, m := range []Message{
+		{ID: "dc3ltrdqmd2u67dtmba0", From: "alice", To: "bob", Time: 1795645165760, Data: json.RawMessage(`{"text":"hi"}`)},
+		{ID: "x", From: "a.b@c", To: "d_e-f", OnlineUserOnly: true, Time: -1, Data: json.RawMessage(`[1,"two",null]`), ClientMsgID: "c:1", Priority: PriorityHigh, Seq: 7, InboxSeq: 9},
+		{ID: "y", From: "a", To: "b", Data: json.RawMessage(`"\u00e9\n<tag>"`), ClientMsgID: "odd\"id<>&\x01é"},
+		{},
+	} {
+		want, err := json.Marshal(&m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := AppendMessage(nil, &m)
+		// The same document; only data may differ in escaping (json.Marshal
+		// HTML-escapes raw messages, AppendMessage copies them).
+		var a, b Message
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("AppendMessage wrote invalid JSON %s: %v", got, err)
+		}
+		json.Unmarshal(want, &b)
+		var da, db any
+		json.Unmarshal(a.Data, &da)
+		json.Unmarshal(b.Data, &db)
+		a.Data, b.Data = nil, nil
+		if fmt.Sprint(a) != fmt.Sprint(b) || fmt.Sprint(da) != fmt.Sprint(db) {
+			t.Errorf("AppendMessage\n got %s\nwant %s", got, want)
+		}
+		if m.Data != nil && !strings.Contains(string(want), `\u003c`) && string(got) != string(want) {
+			t.Errorf("AppendMessage differs in bytes\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func BenchmarkDecodeSendRequest(b *testing.B) {
+	in := []byte(`{"to":"bob","onlineUserOnly":true,"data":{"command":"textInput"},"id":"c-1234"}`)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := DecodeSendRequest(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeMessage(b *testing.B) {
+	m := Message{ID: "dc3ltrdqmd2u67dtmba0", From: "alice", To: "bob", OnlineUserOnly: true, Time: 1795645165760,
+		Data: json.RawMessage(`{"command":"textInput"}`), ClientMsgID: "c-1234"}
+	b.Run("AppendMessage", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 256)
+		for i := 0; i < b.N; i++ {
+			buf = AppendMessage(buf[:0], &m)
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := json.Marshal(&m); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

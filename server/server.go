@@ -46,9 +46,11 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger}, nil
 }
 
-// capabilities returns mochi's settings for imbridge; docs/protocol.md
-// explains each choice.
-func (c Config) capabilities() *mqtt.Capabilities {
+// MochiCapabilities returns the mochi settings imbridge runs with for this
+// config (defaults filled in); docs/protocol.md explains each choice. The
+// load tool gives them to its bare-mochi baseline too.
+func (c Config) MochiCapabilities() *mqtt.Capabilities {
+	c = c.withDefaults()
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumMessageExpiryInterval = 0 // no expiry stamped on deliveries; history is the long-term store
 	caps.MaximumClientWritesPending = int32(c.MaxPendingWrites)
@@ -68,7 +70,7 @@ func (s *Server) Start() (err error) {
 		return fmt.Errorf("server: data dir: %w", err)
 	}
 	s.mqtt = mqtt.New(&mqtt.Options{
-		Capabilities: s.cfg.capabilities(),
+		Capabilities: s.cfg.MochiCapabilities(),
 		InlineClient: true,
 		Logger:       slog.New(demoteHandler{s.log.Handler()}).With("component", "mochi"),
 		// $SYS topics are refused by the ACL anyway; publish them rarely.

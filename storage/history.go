@@ -1,10 +1,12 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -32,9 +34,7 @@ type Page struct {
 // History returns a page of the conversation between users a and b, by
 // conversation seq. A conversation never written is an empty page.
 func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
-	return s.page(f, func(tx *bolt.Tx) *bolt.Bucket {
-		return tx.Bucket(bucketConv).Bucket(ConversationKey(a, b))
-	}, func(_ *bolt.Tx, _, v []byte) (protocol.Message, error) {
+	return s.page(bucketMsg, ConversationKey(a, b), f, func(_ *bolt.Tx, _, v []byte) (protocol.Message, error) {
 		var m protocol.Message
 		if err := json.Unmarshal(v, &m); err != nil {
 			return m, fmt.Errorf("storage: decode message: %w", err)
@@ -46,28 +46,22 @@ func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
 // Sync returns a page of everything stored for user, by inbox seq, with each
 // message's InboxSeq set.
 func (s *Store) Sync(user string, f HistoryFilter) (Page, error) {
-	return s.page(f, func(tx *bolt.Tx) *bolt.Bucket {
-		return tx.Bucket(bucketInbox).Bucket([]byte(user))
-	}, func(tx *bolt.Tx, k, ref []byte) (protocol.Message, error) {
+	return s.page(bucketInbox, []byte(user), f, func(tx *bolt.Tx, k, ref []byte) (protocol.Message, error) {
 		if len(ref) < 8 {
 			return protocol.Message{}, fmt.Errorf("storage: corrupt inbox entry of %q", user)
 		}
-		m, err := loadMessage(tx, ref[8:], binary.BigEndian.Uint64(ref))
-		m.InboxSeq = binary.BigEndian.Uint64(k)
+		_, m, err := loadMessage(tx, ref[8:], binary.BigEndian.Uint64(ref))
+		m.InboxSeq = binary.BigEndian.Uint64(k[len(k)-8:])
 		return m, err
 	})
 }
 
-// page reads one page, in a read transaction, from the bucket find returns
-// (nil: an empty page), turning each entry into a message with decode.
-func (s *Store) page(f HistoryFilter, find func(*bolt.Tx) *bolt.Bucket, decode func(tx *bolt.Tx, k, v []byte) (protocol.Message, error)) (Page, error) {
+// page reads one page of the group of keys under group 0x00 in bucket, in a
+// read transaction, turning each entry into a message with decode.
+func (s *Store) page(bucket, group []byte, f HistoryFilter, decode func(tx *bolt.Tx, k, v []byte) (protocol.Message, error)) (Page, error) {
 	var p Page
 	err := s.db.View(func(tx *bolt.Tx) error {
-		bucket := find(tx)
-		if bucket == nil {
-			return nil
-		}
-		return scan(bucket.Cursor(), f, func(k, v []byte) error {
+		return scan(tx.Bucket(bucket).Cursor(), joinKey(group, nil), f, func(k, v []byte) error {
 			m, err := decode(tx, k, v)
 			if err != nil {
 				return err
@@ -82,15 +76,17 @@ func (s *Store) page(f HistoryFilter, find func(*bolt.Tx) *bolt.Bucket, decode f
 	return p, nil
 }
 
-// scan visits up to f.Limit entries of a bucket of big-endian uint64 keys in
-// ascending key order, as f selects, and sets *more.
-func scan(c *bolt.Cursor, f HistoryFilter, visit func(k, v []byte) error, more *bool) error {
+// scan visits up to f.Limit keys of the form prefix + big-endian uint64, in
+// ascending order, as f selects, and sets *more.
+func scan(c *bolt.Cursor, prefix []byte, f HistoryFilter, visit func(k, v []byte) error, more *bool) error {
 	if f.Limit < 1 {
 		return fmt.Errorf("storage: limit %d < 1", f.Limit)
 	}
+	key := func(n uint64) []byte { return append(append(make([]byte, 0, len(prefix)+8), prefix...), u64(n)...) }
+	in := func(k []byte) bool { return len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix) }
 	if f.After > 0 {
 		n := 0
-		for k, v := c.Seek(u64(f.After + 1)); k != nil; k, v = c.Next() {
+		for k, v := c.Seek(key(f.After + 1)); in(k); k, v = c.Next() {
 			if n == f.Limit {
 				*more = true
 				return nil
@@ -102,27 +98,24 @@ func scan(c *bolt.Cursor, f HistoryFilter, visit func(k, v []byte) error, more *
 		}
 		return nil
 	}
-	// Backwards from Before (or the end), then visit in ascending order.
-	var k, v []byte
+	// Backwards from Before (or the end of the group), then visit in
+	// ascending order.
+	end := uint64(math.MaxUint64)
 	if f.Before > 0 {
-		k, v = c.Seek(u64(f.Before))
-		if k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		for k != nil && binary.BigEndian.Uint64(k) >= f.Before {
-			k, v = c.Prev()
-		}
-	} else {
+		end = f.Before
+	}
+	k, v := c.Seek(key(end))
+	if k == nil {
 		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
 	}
 	type kv struct{ k, v []byte }
 	var page []kv
-	for ; k != nil && len(page) < f.Limit; k, v = c.Prev() {
+	for ; in(k) && len(page) < f.Limit; k, v = c.Prev() {
 		page = append(page, kv{k, v})
 	}
-	*more = k != nil
+	*more = in(k)
 	for i := len(page) - 1; i >= 0; i-- {
 		if err := visit(page[i].k, page[i].v); err != nil {
 			return err

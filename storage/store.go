@@ -19,13 +19,18 @@ import (
 )
 
 // formatVersion is written into new files and checked by Open.
-const formatVersion = "1"
+const formatVersion = "2"
 
+// The file has five flat buckets. Keys that belong together share a prefix
+// ending in 0x00, which no user ID contains, so that one conversation or one
+// inbox is a contiguous key range in seq order. (One bucket per conversation
+// or inbox would dirty several more pages per message.)
 var (
 	bucketMeta   = []byte("meta")   // "version", "epoch"
-	bucketConv   = []byte("conv")   // conversation key -> bucket of seq -> Message JSON
-	bucketInbox  = []byte("inbox")  // user -> bucket of inboxSeq -> ref
-	bucketDedupe = []byte("dedupe") // sender "\x00" client id -> dedupe record
+	bucketMsg    = []byte("msg")    // conversation key 0x00 seq -> Message JSON (with seq)
+	bucketInbox  = []byte("inbox")  // user 0x00 inboxSeq -> seq + conversation key
+	bucketSeq    = []byte("seq")    // "c" conversation key, "u" user -> last seq, last inboxSeq
+	bucketDedupe = []byte("dedupe") // sender 0x00 client id -> seq, from and to inboxSeq, conversation key
 	keyVersion   = []byte("version")
 	keyEpoch     = []byte("epoch")
 )
@@ -69,6 +74,9 @@ type Appended struct {
 	// Message is the stored message with Seq set (InboxSeq is zero: it
 	// differs per user). For a duplicate it is the message first stored.
 	Message protocol.Message
+	// Encoded is Message as stored: JSON with "seq" and without "inboxSeq",
+	// ready for protocol.WithUint to add each user's inboxSeq.
+	Encoded []byte
 	// FromInboxSeq and ToInboxSeq are the message's positions in the sender's
 	// and the receiver's inbox; equal when a user writes to themself.
 	FromInboxSeq uint64
@@ -104,6 +112,7 @@ type Stats struct {
 
 type appendReq struct {
 	msg  protocol.Message
+	enc  []byte // msg encoded without seq and inboxSeq, by the caller's goroutine
 	res  Appended
 	err  error
 	done chan struct{}
@@ -140,6 +149,7 @@ func (s *Store) initialize(tx *bolt.Tx) error {
 		if k, _ := tx.Cursor().First(); k != nil {
 			return ErrForeign // a bbolt file with other buckets
 		}
+		// a new file
 		var err error
 		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
 			return err
@@ -159,7 +169,7 @@ func (s *Store) initialize(tx *bolt.Tx) error {
 		return fmt.Errorf("%w: format version %q, want %q", ErrForeign, v, formatVersion)
 	}
 	s.epoch = string(meta.Get(keyEpoch))
-	for _, name := range [][]byte{bucketConv, bucketInbox, bucketDedupe} {
+	for _, name := range [][]byte{bucketMsg, bucketInbox, bucketSeq, bucketDedupe} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -179,7 +189,8 @@ func (s *Store) Stats() Stats {
 }
 
 // Append stores m durably and returns its sequence numbers. m.From, m.To,
-// m.ID and m.Time must be set; m.Seq and m.InboxSeq are ignored. A message
+// m.ID and m.Time must be set, and m.Data must be valid JSON (it is stored as
+// it is); m.Seq and m.InboxSeq are ignored. A message
 // whose (From, ClientMsgID) was stored before is not stored again: Append
 // returns the earlier result with Duplicate set.
 //
@@ -187,7 +198,9 @@ func (s *Store) Stats() Stats {
 // may still be committed: retry with the same ClientMsgID), or the store is
 // closed (ErrClosed). A commit error is returned to every append in it.
 func (s *Store) Append(ctx context.Context, m protocol.Message) (Appended, error) {
-	req := &appendReq{msg: m, done: make(chan struct{})}
+	m.Seq, m.InboxSeq = 0, 0
+	enc := protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), &m) // here, not in the single writer goroutine
+	req := &appendReq{msg: m, enc: enc, done: make(chan struct{})}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -271,12 +284,11 @@ func (s *Store) commit(batch []*appendReq) {
 // apply writes one append inside tx and fills r.res.
 func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 	m := r.msg
-	m.InboxSeq = 0
 	var dkey []byte
 	if m.ClientMsgID != "" {
-		dkey = dedupeKey(m.From, m.ClientMsgID)
+		dkey = joinKey([]byte(m.From), []byte(m.ClientMsgID))
 		if rec := tx.Bucket(bucketDedupe).Get(dkey); rec != nil {
-			res, err := s.loadDuplicate(tx, rec)
+			res, err := loadDuplicate(tx, rec)
 			if err != nil {
 				return err
 			}
@@ -285,18 +297,13 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 		}
 	}
 	ckey := ConversationKey(m.From, m.To)
-	conv, err := tx.Bucket(bucketConv).CreateBucketIfNotExists(ckey)
-	if err != nil {
+	seqs := tx.Bucket(bucketSeq)
+	var err error
+	if m.Seq, err = bump(seqs, append([]byte{'c'}, ckey...)); err != nil {
 		return err
 	}
-	if m.Seq, err = conv.NextSequence(); err != nil {
-		return err
-	}
-	value, err := json.Marshal(&m)
-	if err != nil {
-		return err
-	}
-	if err := conv.Put(u64(m.Seq), value); err != nil {
+	value := protocol.WithUint(r.enc, "seq", m.Seq)
+	if err := tx.Bucket(bucketMsg).Put(joinKey(ckey, u64(m.Seq)), value); err != nil {
 		return err
 	}
 	ref := append(u64(m.Seq), ckey...)
@@ -320,53 +327,57 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 			return err
 		}
 	}
-	r.res = Appended{Message: m, FromInboxSeq: fromSeq, ToInboxSeq: toSeq}
+	r.res = Appended{Message: m, Encoded: value, FromInboxSeq: fromSeq, ToInboxSeq: toSeq}
 	return nil
 }
 
-func (s *Store) loadDuplicate(tx *bolt.Tx, rec []byte) (Appended, error) {
+func loadDuplicate(tx *bolt.Tx, rec []byte) (Appended, error) {
 	if len(rec) < 24 {
 		return Appended{}, fmt.Errorf("storage: corrupt dedupe record")
 	}
-	seq := binary.BigEndian.Uint64(rec)
-	m, err := loadMessage(tx, rec[24:], seq)
+	value, m, err := loadMessage(tx, rec[24:], binary.BigEndian.Uint64(rec))
 	if err != nil {
 		return Appended{}, err
 	}
 	return Appended{
 		Message:      m,
+		Encoded:      value,
 		FromInboxSeq: binary.BigEndian.Uint64(rec[8:]),
 		ToInboxSeq:   binary.BigEndian.Uint64(rec[16:]),
 		Duplicate:    true,
 	}, nil
 }
 
-func appendInbox(tx *bolt.Tx, user string, ref []byte) (uint64, error) {
-	inbox, err := tx.Bucket(bucketInbox).CreateBucketIfNotExists([]byte(user))
-	if err != nil {
-		return 0, err
+// bump increments the counter at key in the seq bucket and returns it.
+func bump(seqs *bolt.Bucket, key []byte) (uint64, error) {
+	var n uint64
+	if v := seqs.Get(key); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
 	}
-	seq, err := inbox.NextSequence()
-	if err != nil {
-		return 0, err
-	}
-	return seq, inbox.Put(u64(seq), ref)
+	n++
+	return n, seqs.Put(key, u64(n))
 }
 
-func loadMessage(tx *bolt.Tx, ckey []byte, seq uint64) (protocol.Message, error) {
-	var m protocol.Message
-	conv := tx.Bucket(bucketConv).Bucket(ckey)
-	if conv == nil {
-		return m, fmt.Errorf("storage: missing conversation %q", ckey)
+func appendInbox(tx *bolt.Tx, user string, ref []byte) (uint64, error) {
+	n, err := bump(tx.Bucket(bucketSeq), append([]byte{'u'}, user...))
+	if err != nil {
+		return 0, err
 	}
-	v := conv.Get(u64(seq))
+	return n, tx.Bucket(bucketInbox).Put(joinKey([]byte(user), u64(n)), ref)
+}
+
+// loadMessage returns the stored bytes and the decoded message seq of the
+// conversation ckey.
+func loadMessage(tx *bolt.Tx, ckey []byte, seq uint64) ([]byte, protocol.Message, error) {
+	var m protocol.Message
+	v := tx.Bucket(bucketMsg).Get(joinKey(ckey, u64(seq)))
 	if v == nil {
-		return m, fmt.Errorf("storage: missing message %d of %q", seq, ckey)
+		return nil, m, fmt.Errorf("storage: missing message %d of %q", seq, ckey)
 	}
 	if err := json.Unmarshal(v, &m); err != nil {
-		return m, fmt.Errorf("storage: decode message %d of %q: %w", seq, ckey, err)
+		return nil, m, fmt.Errorf("storage: decode message %d of %q: %w", seq, ckey, err)
 	}
-	return m, nil
+	return v, m, nil
 }
 
 // Close stops accepting appends, commits those already queued, and closes the
@@ -396,11 +407,12 @@ func ConversationKey(a, b string) []byte {
 	return append(k, b...)
 }
 
-func dedupeKey(from, clientID string) []byte {
-	k := make([]byte, 0, len(from)+1+len(clientID))
-	k = append(k, from...)
+// joinKey returns prefix 0x00 rest: the key of an entry in a group.
+func joinKey(prefix, rest []byte) []byte {
+	k := make([]byte, 0, len(prefix)+1+len(rest))
+	k = append(k, prefix...)
 	k = append(k, 0)
-	return append(k, clientID...)
+	return append(k, rest...)
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), v) }

@@ -287,3 +287,41 @@ func TestAppendHonoursContext(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestNeighbourKeysStayApart: conversations and inboxes whose keys share a
+// prefix ("bob" and "bob2", "a|b" and "a|b.c") never leak into each other's
+// pages, in either direction of paging.
+func TestNeighbourKeysStayApart(t *testing.T) {
+	s, _ := openTemp(t, nil)
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		s.Append(ctx, msg("alice", "bob", "", i))
+		s.Append(ctx, msg("alice", "bob2", "", 10+i))
+		s.Append(ctx, msg("alice", "bo", "", 20+i))
+	}
+	for _, f := range []HistoryFilter{{Limit: 100}, {After: 1, Limit: 100}, {Before: 3, Limit: 100}} {
+		p, err := s.History("bob", "alice", f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			if m.To != "bob" {
+				t.Fatalf("filter %+v: bob's history holds %+v", f, m)
+			}
+		}
+		if p.More {
+			t.Fatalf("filter %+v: more beyond bob's conversation", f)
+		}
+	}
+	for _, user := range []string{"bo", "bob", "bob2"} {
+		p, _ := s.Sync(user, HistoryFilter{Limit: 100})
+		if len(p.Messages) != 3 || p.More {
+			t.Fatalf("%s's inbox: %d messages, more=%v", user, len(p.Messages), p.More)
+		}
+		for _, m := range p.Messages {
+			if m.To != user {
+				t.Fatalf("%s's inbox holds %+v", user, m)
+			}
+		}
+	}
+}

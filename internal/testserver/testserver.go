@@ -107,3 +107,16 @@ func (n *Node) WSURL() string { return "ws://" + n.WSAddr() + "/mqtt" }
 
 // HTTPURL returns "http://ADDR" of the HTTP listener.
 func (n *Node) HTTPURL() string { return fmt.Sprintf("http://%s", n.HTTPAddr()) }
+
+// WaitClients waits until exactly n devices are connected as the server sees
+// it (a device's Close returns before the server has read its DISCONNECT).
+func (n *Node) WaitClients(want int64) {
+	n.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Health().Clients != want {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%d clients connected, want %d", n.Health().Clients, want)
+		}
+		time.Sleep(2 * time.Millisecond) // polling a condition
+	}
+}
