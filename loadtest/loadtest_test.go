@@ -1,0 +1,53 @@
+package main
+
+import (
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets this test binary act as the tool's server child too.
+func TestMain(m *testing.M) {
+	if serveFromEnv() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestTinyRun runs every scenario at a tiny size: the tool keeps working,
+// reports every row with a number, and imbridge keeps its promises where
+// they do not depend on speed (all deliveries arrive; the shared pick
+// reaches the online device every time, where bare mochi's does not).
+func TestTinyRun(t *testing.T) {
+	s := sizes{duration: 300 * time.Millisecond, latencyPairs: 2, latencyRate: 200, tputPairs: 2,
+		storedSenders: []int{1, 2}, historyMsgs: 500, historyQueries: 10, devices: 20, fanoutMsgs: 20, pickMsgs: 40}
+	rows, plots, err := run(s, []string{"latency", "throughput", "stored", "history", "capacity", "fanout"}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md strings.Builder
+	markdown(&md, rows, "test")
+	t.Log("\n" + md.String())
+	if len(rows) < 20 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	for _, r := range rows {
+		if r.metric != "messages per commit" && (math.IsNaN(r.bridge) || math.IsInf(r.bridge, 0)) {
+			t.Errorf("%s / %s: no imbridge figure", r.scenario, r.metric)
+		}
+		if r.metric == "reached the online device" && (r.bridge != 1 || r.base >= 1) {
+			t.Errorf("shared pick: imbridge %v, bare mochi %v", r.bridge, r.base)
+		}
+		if strings.HasPrefix(r.scenario, "online-only latency") && r.metric == "delivered/sent" && r.bridge != 1 {
+			t.Errorf("paced online-only messages lost: %v delivered", r.bridge)
+		}
+	}
+	if len(plots["latency-online"][kindBridge]) == 0 || len(plots["latency-online"][kindBare]) == 0 {
+		t.Fatal("no latency samples to plot")
+	}
+	if err := cdfPlot(t.TempDir()+"/x.png", "test", plots["latency-online"]); err != nil {
+		t.Fatal(err)
+	}
+}
