@@ -21,6 +21,8 @@ type HistoryFilter struct {
 	After  uint64
 	Before uint64
 	Limit  int
+
+	forward bool // read forward from After even when it is zero (Sync)
 }
 
 // Page is a slice of history in ascending sequence order. More says that
@@ -44,8 +46,10 @@ func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
 }
 
 // Sync returns a page of everything stored for user, by inbox seq, with each
-// message's InboxSeq set.
+// message's InboxSeq set. It always reads forward from f.After (zero: from
+// the first message); f.Before is ignored.
 func (s *Store) Sync(user string, f HistoryFilter) (Page, error) {
+	f.Before, f.forward = 0, true
 	return s.page(bucketInbox, []byte(user), f, func(tx *bolt.Tx, k, ref []byte) (protocol.Message, error) {
 		if len(ref) < 8 {
 			return protocol.Message{}, fmt.Errorf("storage: corrupt inbox entry of %q", user)
@@ -84,7 +88,7 @@ func scan(c *bolt.Cursor, prefix []byte, f HistoryFilter, visit func(k, v []byte
 	}
 	key := func(n uint64) []byte { return append(append(make([]byte, 0, len(prefix)+8), prefix...), u64(n)...) }
 	in := func(k []byte) bool { return len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix) }
-	if f.After > 0 {
+	if f.After > 0 || f.forward {
 		n := 0
 		for k, v := c.Seek(key(f.After + 1)); in(k); k, v = c.Next() {
 			if n == f.Limit {

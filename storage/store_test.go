@@ -325,3 +325,30 @@ func TestNeighbourKeysStayApart(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncFromZeroStartsAtTheOldest: a new device syncing from 0 gets the
+// oldest page first, then the rest by NextAfter, never only the newest.
+func TestSyncFromZeroStartsAtTheOldest(t *testing.T) {
+	s, _ := openTemp(t, nil)
+	for i := 1; i <= 7; i++ {
+		s.Append(context.Background(), msg("alice", "bob", "", i))
+	}
+	var got []uint64
+	var after uint64
+	for {
+		p, err := s.Sync("bob", HistoryFilter{After: after, Limit: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range p.Messages {
+			got = append(got, m.InboxSeq)
+			after = m.InboxSeq
+		}
+		if !p.More {
+			break
+		}
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5 6 7]" {
+		t.Fatalf("synced %v", got)
+	}
+}
