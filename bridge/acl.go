@@ -36,7 +36,7 @@ func maySubscribe(user, filter string) bool {
 		return true
 	}
 	rest, ok := strings.CutPrefix(filter, protocol.ReplyTopic(user)+"/")
-	return ok && rest != ""
+	return ok && rest != "" && validClientID(rest)
 }
 
 // mayReceive reports whether a delivery on topic may go to user's device:
@@ -60,16 +60,26 @@ func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return mayReceive(user, topic) || maySubscribe(user, topic)
 }
 
-// OnSubscribe refuses, filter by filter, what maySubscribe does not allow.
-// Deciding here, where filters are told apart from topic names, is what keeps
-// a plain "users/U/online" subscription out: it would get every online-only
-// message, not one device's share.
+// OnSubscribe refuses, filter by filter, what maySubscribe does not allow,
+// and new filters beyond Config.MaxSubscriptions per session. Deciding here,
+// where filters are told apart from topic names, is what keeps a plain
+// "users/U/online" subscription out: it would get every online-only message,
+// not one device's share.
 func (b *Bridge) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	user := userOf(cl)
+	held := cl.State.Subscriptions.Len()
 	for i := range pk.Filters {
-		if !maySubscribe(user, pk.Filters[i].Filter) {
-			b.log.Debug("subscription refused", "client", cl.ID, "filter", pk.Filters[i].Filter)
+		f := pk.Filters[i].Filter
+		_, existing := cl.State.Subscriptions.Get(f)
+		switch {
+		case !maySubscribe(user, f):
+			b.log.Debug("subscription refused", "client", cl.ID, "filter", f)
 			pk.Filters[i].Filter = deniedFilter
+		case !existing && held >= b.cfg.MaxSubscriptions:
+			b.log.Debug("subscription refused: limit reached", "client", cl.ID, "filter", f, "limit", b.cfg.MaxSubscriptions)
+			pk.Filters[i].Filter = deniedFilter
+		case !existing:
+			held++
 		}
 	}
 	b.touch(cl.ID)

@@ -142,7 +142,7 @@ func (b *Bridge) Provides(event byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired,
 		mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPublishDropped,
-		mqtt.OnPacketEncode,
+		mqtt.OnPacketEncode, mqtt.OnPacketRead,
 	}, []byte{event})
 }
 

@@ -20,6 +20,9 @@ type Config struct {
 	// MaxPageBytes caps the data of one history or sync page, in bytes; a page
 	// holds at least one message and says More when cut short. Default 1 MiB.
 	MaxPageBytes int
+	// MaxSubscriptions caps the subscriptions one session holds (a device
+	// needs 3: inbox, online, reply). Default 16.
+	MaxSubscriptions int
 	// OnlineRetryWindow is how long the id of an online-only send is
 	// remembered, so that a retry with the same id is not delivered twice.
 	// Default 2 minutes.
@@ -36,6 +39,7 @@ type Config struct {
 const (
 	DefaultMaxPayload        = 64 << 10
 	DefaultMaxPageBytes      = 1 << 20
+	DefaultMaxSubscriptions  = 16
 	DefaultOnlineRetryWindow = 2 * time.Minute
 )
 
@@ -45,6 +49,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxPageBytes == 0 {
 		c.MaxPageBytes = DefaultMaxPageBytes
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = DefaultMaxSubscriptions
 	}
 	if c.OnlineRetryWindow == 0 {
 		c.OnlineRetryWindow = DefaultOnlineRetryWindow
@@ -65,6 +72,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("bridge: Config.MaxPayload %d is below 256 bytes", c.MaxPayload)
 	case c.MaxPageBytes < c.MaxPayload:
 		return fmt.Errorf("bridge: Config.MaxPageBytes %d is below MaxPayload %d", c.MaxPageBytes, c.MaxPayload)
+	case c.MaxSubscriptions < 3:
+		return fmt.Errorf("bridge: Config.MaxSubscriptions %d is below the 3 a device needs", c.MaxSubscriptions)
 	case c.OnlineRetryWindow < 0 || c.LockTimeout < 0:
 		return fmt.Errorf("bridge: negative duration in Config")
 	}
