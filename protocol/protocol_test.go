@@ -281,3 +281,17 @@ func BenchmarkEncodeMessage(b *testing.B) {
 		}
 	})
 }
+
+func FuzzDecodeHistoryRequest(f *testing.F) {
+	for _, s := range []string{`{"with":"bob"}`, `{"with":"bob","limit":1000,"before":5}`, `{"after":3}`, `{"limit":1e9}`, `[]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if h, err := DecodeHistoryRequest(b); err == nil && (!ValidUserID(h.With) || h.Limit < 1 || h.Limit > MaxPageLimit) {
+			t.Fatalf("accepted history request %+v", h)
+		}
+		if s, err := DecodeSyncRequest(b); err == nil && (s.Limit < 1 || s.Limit > MaxPageLimit) {
+			t.Fatalf("accepted sync request %+v", s)
+		}
+	})
+}

@@ -31,7 +31,12 @@ type guarded struct {
 
 // Serve serves the wrapped listener with a guarded establish function.
 func (g *guarded) Serve(establish listeners.EstablishFn) {
-	g.Listener.Serve(func(id string, c net.Conn) (err error) {
+	g.Listener.Serve(g.guard(establish))
+}
+
+// guard wraps establish so that a panic in it closes that connection only.
+func (g *guarded) guard(establish listeners.EstablishFn) listeners.EstablishFn {
+	return func(id string, c net.Conn) (err error) {
 		defer func() {
 			if v := recover(); v != nil {
 				g.panics.Add(1)
@@ -46,7 +51,7 @@ func (g *guarded) Serve(establish listeners.EstablishFn) {
 			g.log.Debug("connection ended", "listener", id, "remote", c.RemoteAddr().String(), "error", err)
 		}
 		return nil
-	})
+	}
 }
 
 // cleanup does for the client of a recovered connection what mochi would
