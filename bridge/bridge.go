@@ -27,7 +27,10 @@ type Bridge struct {
 	store    *storage.Store
 	verifier *auth.Verifier
 
-	devices sync.Map // client ID -> *device, for every session the bridge knows
+	devices  sync.Map // client ID -> *device, for every session the bridge knows
+	sessions sessions // per user, the entries of devices
+
+	connectIP, connectUser, sends *buckets // nil: no limit
 
 	pendingMu sync.Mutex              // guards pending
 	pending   map[string]*onlineRoute // online-only sends being published, by message id
@@ -43,20 +46,22 @@ type Bridge struct {
 // counters are the bridge's statistics; see Stats.
 type counters struct {
 	stored, duplicates, delivered, offline, onlineDropped, rejected, storeErrors atomic.Int64
-	queueDrops, authFailures                                                     atomic.Int64
+	queueDrops, authFailures, shed, connectsLimited                              atomic.Int64
 }
 
 // Stats are counts since Open.
 type Stats struct {
-	Stored        int64 `json:"stored"`        // normal messages stored
-	Duplicates    int64 `json:"duplicates"`    // retries answered from an earlier send
-	Delivered     int64 `json:"delivered"`     // online-only messages handed to a device
-	Offline       int64 `json:"offline"`       // online-only messages dropped: receiver offline
-	OnlineDropped int64 `json:"onlineDropped"` // online-only messages dropped: device queue full
-	Rejected      int64 `json:"rejected"`      // requests refused for their content
-	StoreErrors   int64 `json:"storeErrors"`   // sends or queries the store failed
-	QueueDrops    int64 `json:"queueDrops"`    // deliveries mochi dropped on a full device write queue
-	AuthFailures  int64 `json:"authFailures"`  // refused CONNECTs and HTTP requests
+	Stored          int64 `json:"stored"`          // normal messages stored
+	Duplicates      int64 `json:"duplicates"`      // retries answered from an earlier send
+	Delivered       int64 `json:"delivered"`       // online-only messages handed to a device
+	Offline         int64 `json:"offline"`         // online-only messages dropped: receiver offline
+	OnlineDropped   int64 `json:"onlineDropped"`   // online-only messages dropped: device queue full
+	Rejected        int64 `json:"rejected"`        // requests refused for their content
+	StoreErrors     int64 `json:"storeErrors"`     // sends or queries the store failed
+	QueueDrops      int64 `json:"queueDrops"`      // deliveries mochi dropped on a full device write queue
+	AuthFailures    int64 `json:"authFailures"`    // refused CONNECTs and HTTP requests
+	Shed            int64 `json:"shed"`            // sends refused by the per-user send rate
+	ConnectsLimited int64 `json:"connectsLimited"` // CONNECTs refused by rate or device limits
 }
 
 // Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
@@ -76,15 +81,19 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		return nil, err
 	}
 	b := &Bridge{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		srv:        srv,
-		inline:     inline,
-		verifier:   verifier,
-		pending:    make(map[string]*onlineRoute),
-		onlineSeen: newRetryCache(cfg.OnlineRetryWindow, 100_000),
-		fanout:     make(chan []storage.Appended, 256),
-		fanoutDone: make(chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		srv:         srv,
+		inline:      inline,
+		verifier:    verifier,
+		pending:     make(map[string]*onlineRoute),
+		onlineSeen:  newRetryCache(cfg.OnlineRetryWindow, 100_000),
+		sessions:    sessions{n: map[string]int{}},
+		connectIP:   newBuckets(cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP),
+		connectUser: newBuckets(cfg.ConnectRatePerUser, cfg.ConnectBurstUser),
+		sends:       newBuckets(cfg.SendRate, cfg.SendBurst),
+		fanout:      make(chan []storage.Appended, 256),
+		fanoutDone:  make(chan struct{}),
 	}
 	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
 		LockTimeout: cfg.LockTimeout,
@@ -127,6 +136,7 @@ func (b *Bridge) Stats() Stats {
 		Stored: c.stored.Load(), Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(),
 		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: c.rejected.Load(),
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
+		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(),
 	}
 }
 
@@ -162,6 +172,9 @@ func (b *Bridge) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Pack
 // its user's namespace and its will discarded.
 func (b *Bridge) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	user := string(pk.Connect.Username)
+	if !b.connectIP.allow(hostOf(cl.Net.Remote)) || !b.connectUser.allow(user) {
+		return b.refuseLimited(cl, "connection rate limit", user)
+	}
 	reason := ""
 	if !pk.Connect.UsernameFlag || !protocol.ValidUserID(user) {
 		reason = "username is not a user ID"
@@ -182,7 +195,27 @@ func (b *Bridge) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	cl.ID = user + "/" + cl.ID
 	cl.Properties.Will = mqtt.Will{}
+	if _, resumes := b.devices.Load(cl.ID); !resumes && b.sessions.count(user) >= b.cfg.MaxDevicesPerUser {
+		return b.refuseLimited(cl, "device limit", user)
+	}
 	return nil
+}
+
+// refuseLimited refuses a CONNECT over a limit: MQTT 5 CONNACK 0x97 (quota
+// exceeded) or 0x9F (connection rate exceeded), MQTT 3.1.1 return code 3
+// (server unavailable).
+func (b *Bridge) refuseLimited(cl *mqtt.Client, why, user string) error {
+	b.stats.connectsLimited.Add(1)
+	b.log.Info("connection refused", "remote", cl.Net.Remote, "username", user, "reason", why)
+	code := packets.ErrQuotaExceeded
+	if why == "connection rate limit" {
+		code = packets.ErrConnectionRateExceeded
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrServerUnavailable
+	}
+	_ = b.srv.SendConnack(cl, code, false, nil)
+	return code
 }
 
 // OnConnectAuthenticate accepts every client that OnConnect let through.
@@ -194,7 +227,9 @@ func (b *Bridge) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool 
 func (b *Bridge) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	d := &device{client: cl}
 	d.lastActive.Store(time.Now().UnixNano())
-	b.devices.Store(cl.ID, d)
+	if _, resumed := b.devices.Swap(cl.ID, d); !resumed {
+		b.sessions.add(userOf(cl), 1)
+	}
 	b.log.Info("device connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener,
 		"protocol", cl.Properties.ProtocolVersion, "clean", pk.Connect.Clean)
 }

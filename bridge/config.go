@@ -20,9 +20,8 @@ type Config struct {
 	// MaxPageBytes caps the data of one history or sync page, in bytes; a page
 	// holds at least one message and says More when cut short. Default 1 MiB.
 	MaxPageBytes int
-	// MaxSubscriptions caps the subscriptions one session holds (a device
-	// needs 3: inbox, online, reply). Default 16.
-	MaxSubscriptions int
+	// Limits are the per-user and per-IP limits.
+	Limits
 	// OnlineRetryWindow is how long the id of an online-only send is
 	// remembered, so that a retry with the same id is not delivered twice.
 	// Default 2 minutes.
@@ -33,6 +32,32 @@ type Config struct {
 	// Logger receives connection events at info and per-message detail at
 	// debug. Default: discard.
 	Logger *slog.Logger
+}
+
+// Limits are the limits a node enforces per session, user and IP. Zero
+// fields take the defaults written beside them.
+type Limits struct {
+	// MaxSubscriptions caps the subscriptions one session holds (a device
+	// needs 3: inbox, online, reply). Default 16.
+	MaxSubscriptions int
+	// MaxDevicesPerUser caps a user's sessions, connected or persistent; a
+	// CONNECT beyond it is refused unless it resumes one of them. Default 10.
+	MaxDevicesPerUser int
+	// ConnectRatePerIP and ConnectRatePerUser limit CONNECT attempts (token
+	// buckets: so many per second, with bursts of ConnectBurst), which slows
+	// down credential guessing. Defaults 20/s per IP and 5/s per user, bursts
+	// of 50 and 10; -1 turns a limit off.
+	ConnectRatePerIP   float64
+	ConnectBurstPerIP  int
+	ConnectRatePerUser float64
+	ConnectBurstUser   int
+	// SendRate limits each user's sends from devices and user tokens (not
+	// admin sends): so many per second, with bursts of SendBurst. When a
+	// user's bucket runs low, low-priority sends are refused first (below half
+	// the burst), then normal and default ones (below a fifth), high ones
+	// last. Defaults 50/s and 100; -1 turns it off.
+	SendRate  float64
+	SendBurst int
 }
 
 // Defaults of Config.
@@ -53,6 +78,23 @@ func (c Config) withDefaults() Config {
 	if c.MaxSubscriptions == 0 {
 		c.MaxSubscriptions = DefaultMaxSubscriptions
 	}
+	if c.MaxDevicesPerUser == 0 {
+		c.MaxDevicesPerUser = 10
+	}
+	defaultRate := func(r *float64, b *int, rate float64, burst int) {
+		if *r == 0 {
+			*r = rate
+		}
+		if *b == 0 {
+			*b = burst
+		}
+		if *r < 0 {
+			*r = 0 // off
+		}
+	}
+	defaultRate(&c.ConnectRatePerIP, &c.ConnectBurstPerIP, 20, 50)
+	defaultRate(&c.ConnectRatePerUser, &c.ConnectBurstUser, 5, 10)
+	defaultRate(&c.SendRate, &c.SendBurst, 50, 100)
 	if c.OnlineRetryWindow == 0 {
 		c.OnlineRetryWindow = DefaultOnlineRetryWindow
 	}
@@ -72,6 +114,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("bridge: Config.MaxPayload %d is below 256 bytes", c.MaxPayload)
 	case c.MaxPageBytes < c.MaxPayload:
 		return fmt.Errorf("bridge: Config.MaxPageBytes %d is below MaxPayload %d", c.MaxPageBytes, c.MaxPayload)
+	case c.MaxDevicesPerUser < 1:
+		return fmt.Errorf("bridge: Config.MaxDevicesPerUser %d is below 1", c.MaxDevicesPerUser)
+	case c.ConnectBurstPerIP < 1 || c.ConnectBurstUser < 1 || c.SendBurst < 1:
+		return fmt.Errorf("bridge: bursts must be at least 1")
 	case c.MaxSubscriptions < 3:
 		return fmt.Errorf("bridge: Config.MaxSubscriptions %d is below the 3 a device needs", c.MaxSubscriptions)
 	case c.OnlineRetryWindow < 0 || c.LockTimeout < 0:

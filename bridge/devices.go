@@ -28,7 +28,9 @@ func (b *Bridge) touch(clientID string) {
 // client ID has replaced it.
 func (b *Bridge) forget(cl *mqtt.Client) {
 	if d, ok := b.devices.Load(cl.ID); ok && d.(*device).client == cl {
-		b.devices.CompareAndDelete(cl.ID, d)
+		if b.devices.CompareAndDelete(cl.ID, d) {
+			b.sessions.add(userOf(cl), -1)
+		}
 	}
 }
 

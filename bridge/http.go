@@ -129,7 +129,7 @@ func (b *Bridge) serveSend(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, statusOf(perr), protocol.ErrorReceipt(req.ID, perr))
 		return
 	}
-	receipt := b.Send(r.Context(), from, req)
+	receipt := b.send(r.Context(), from, req, !c.Admin)
 	status := http.StatusOK
 	if receipt.Error != nil {
 		status = statusOf(receipt.Error)
@@ -177,6 +177,8 @@ func statusOf(e *protocol.Error) int {
 		return http.StatusForbidden
 	case protocol.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case protocol.CodeRateLimited:
+		return http.StatusTooManyRequests
 	case protocol.CodeStoreFailed, protocol.CodeUnavailable:
 		return http.StatusServiceUnavailable
 	case protocol.CodeInternal:

@@ -17,6 +17,7 @@ var (
 	codeBadPayload    = packets.Code{Code: 0x99}
 	codeBadReplyTopic = packets.Code{Code: 0x83, Reason: "response topic must be users/U/reply or under it"}
 	codeStoreFailed   = packets.Code{Code: 0x80, Reason: "message not stored"}
+	codeQuota         = packets.Code{Code: 0x97}
 )
 
 // OnPublish handles a device's request: a send, a history or a sync request.
@@ -45,8 +46,8 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	switch kind {
 	case protocol.TopicSend:
 		var receipt protocol.Receipt
+		var req protocol.SendRequest
 		if perr == nil {
-			var req protocol.SendRequest
 			if req, perr = protocol.DecodeSendRequest(pk.Payload); perr == nil {
 				receipt = b.Send(context.Background(), user, req)
 			}
@@ -54,7 +55,7 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		if perr != nil {
 			receipt = protocol.ErrorReceipt(peekRequestID(pk.Payload), perr)
 		}
-		return b.finishSend(cl, pk, replyTo, receipt)
+		return b.finishSend(cl, pk, replyTo, receipt, req.OnlineUserOnly)
 	case protocol.TopicHistory, protocol.TopicSync:
 		var page protocol.Page
 		if perr == nil {
@@ -75,7 +76,7 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 // finishSend publishes the receipt where it is due and returns the PUBACK
 // outcome. A receipt is published for every error, and for a success when the
 // request had an id or an MQTT 5 response topic.
-func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, r protocol.Receipt) (packets.Packet, error) {
+func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, r protocol.Receipt, online bool) (packets.Packet, error) {
 	if r.Status == protocol.StatusError || r.ID != "" || pk.Properties.ResponseTopic != "" {
 		b.reply(replyTo, pk, r)
 	}
@@ -88,15 +89,17 @@ func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, 
 		}
 		return pk, packets.CodeSuccessIgnore
 	}
-	if c := r.Error.Code; c == protocol.CodeStoreFailed || c == protocol.CodeUnavailable {
-		if cl.Properties.ProtocolVersion < 5 && pk.FixedHeader.Qos > 0 {
-			// MQTT 3.1.1 has no negative PUBACK. Withhold it and close the
-			// connection: the client will resend the message when it reconnects.
-			b.log.Warn("closing MQTT 3.1.1 connection: send could not be stored", "client", cl.ID)
-			cl.Stop(packets.ErrUnspecifiedError)
-			return pk, packets.ErrRejectPacket
-		}
-	} else {
+	c := r.Error.Code
+	notStored := c == protocol.CodeStoreFailed || c == protocol.CodeUnavailable || (c == protocol.CodeRateLimited && !online)
+	if notStored && cl.Properties.ProtocolVersion < 5 && pk.FixedHeader.Qos > 0 {
+		// MQTT 3.1.1 has no negative PUBACK, and a plain client takes a
+		// PUBACK for "stored". Withhold it and close the connection: the
+		// client resends the message when it reconnects.
+		b.log.Warn("closing MQTT 3.1.1 connection: send not stored", "client", cl.ID, "reason", c)
+		cl.Stop(packets.ErrUnspecifiedError)
+		return pk, packets.ErrRejectPacket
+	}
+	if c != protocol.CodeStoreFailed && c != protocol.CodeUnavailable && c != protocol.CodeRateLimited {
 		b.stats.rejected.Add(1)
 	}
 	return pk, ackError(cl, pk, r.Error)
@@ -114,6 +117,10 @@ func ackError(cl *mqtt.Client, pk packets.Packet, e *protocol.Error) error {
 		return codeBadReplyTopic
 	case protocol.CodeStoreFailed, protocol.CodeUnavailable, protocol.CodeInternal:
 		c := codeStoreFailed
+		c.Reason = e.Message
+		return c
+	case protocol.CodeRateLimited:
+		c := codeQuota
 		c.Reason = e.Message
 		return c
 	}

@@ -16,6 +16,18 @@ import (
 // protocol.DecodeSendRequest; req.From is ignored. A normal message is stored
 // before Send returns; Send blocks for that commit.
 func (b *Bridge) Send(ctx context.Context, from string, req protocol.SendRequest) protocol.Receipt {
+	return b.send(ctx, from, req, true)
+}
+
+// send is Send, with the per-user send rate applied when limited is true
+// (device and user-token sends; not admin sends).
+func (b *Bridge) send(ctx context.Context, from string, req protocol.SendRequest, limited bool) protocol.Receipt {
+	if limited && !b.sends.allowSend(from, req.Priority) {
+		b.stats.shed.Add(1)
+		b.log.Debug("send shed", "from", from, "priority", req.Priority)
+		return protocol.ErrorReceipt(req.ID, &protocol.Error{Code: protocol.CodeRateLimited,
+			Message: "over the send rate of " + from + "; " + string(req.Priority) + " priority sends are refused first"})
+	}
 	m := protocol.Message{
 		ID:             xid.New().String(),
 		From:           from,

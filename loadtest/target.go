@@ -24,6 +24,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/system"
 
+	"github.com/imbridge/imbridge/bridge"
 	"github.com/imbridge/imbridge/server"
 )
 
@@ -89,7 +90,9 @@ type ready struct {
 // serve runs a server in this process until stdin closes: the child side of
 // target. kind is kindBridge or kindBare; both use imbridge's mochi settings.
 func serve(kind, dataDir string, secret []byte) error {
-	cfg := server.Config{MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: dataDir, Secret: secret}
+	// The load is many devices from one IP, sending flat out: no limits.
+	cfg := server.Config{MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: dataDir, Secret: secret,
+		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, MaxDevicesPerUser: 100}}
 	var r ready
 	var bridge *server.Server
 	var info *system.Info

@@ -26,7 +26,9 @@ import (
 const crashSecret = "crash-test-secret-0123456789"
 
 func crashEnv(data string) []string {
-	return []string{"MQTTD_MQTT=127.0.0.1:0", "MQTTD_WS=", "MQTTD_HTTP=127.0.0.1:0", "MQTTD_DATA=" + data, "MQTTD_SECRET=" + crashSecret}
+	// No send rate: the senders go as fast as they can.
+	return []string{"MQTTD_MQTT=127.0.0.1:0", "MQTTD_WS=", "MQTTD_HTTP=127.0.0.1:0", "MQTTD_DATA=" + data, "MQTTD_SECRET=" + crashSecret,
+		"MQTTD_SEND_RATE=-1"}
 }
 
 func mint(t *testing.T, user string, admin bool) string {

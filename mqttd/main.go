@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/bridge"
 	"github.com/imbridge/imbridge/server"
 )
 
@@ -44,6 +45,7 @@ type options struct {
 	mqtt, ws, http, data, secret, logLevel, demo string
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
+	limits                                       bridge.Limits
 }
 
 // envOr returns the environment variable name, or def.
@@ -92,6 +94,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	num(&o.maxPayload, "max-payload", "MQTTD_MAX_PAYLOAD", 64<<10, "largest send/history/sync request payload, bytes")
 	num(&o.maxPending, "max-pending", "MQTTD_MAX_PENDING", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
 	num(&o.maxInflight, "max-inflight", "MQTTD_MAX_INFLIGHT", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")
+	num(&o.limits.MaxDevicesPerUser, "max-devices", "MQTTD_MAX_DEVICES", 10, "sessions (connected or persistent) per user")
+	flt := func(p *float64, name, env string, def float64, usage string) {
+		v := def
+		if s, ok := os.LookupEnv(env); ok {
+			if _, err := fmt.Sscan(s, &v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not a number", env, s))
+			}
+		}
+		fs.Float64Var(p, name, v, usage+" (env "+env+")")
+	}
+	flt(&o.limits.ConnectRatePerIP, "connect-rate-ip", "MQTTD_CONNECT_RATE_IP", 20, "CONNECT attempts per second per IP, bursts of 50; -1: no limit")
+	flt(&o.limits.ConnectRatePerUser, "connect-rate-user", "MQTTD_CONNECT_RATE_USER", 5, "CONNECT attempts per second per user, bursts of 10; -1: no limit")
+	flt(&o.limits.SendRate, "send-rate", "MQTTD_SEND_RATE", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
 	dur(&o.sessionExpiry, "session-expiry", "MQTTD_SESSION_EXPIRY", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
 	dur(&o.shutdownTimeout, "shutdown-timeout", "MQTTD_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
 	fs.Usage = func() {
@@ -127,7 +142,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv, err := server.New(server.Config{
 		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
-		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Logger: log,
+		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -28,6 +28,7 @@ const (
 const (
 	CodeStoreFailed ErrorCode = "store_failed" // the history could not be written or read
 	CodeUnavailable ErrorCode = "unavailable"  // the server is shutting down
+	CodeRateLimited ErrorCode = "rate_limited" // over the user's send rate; lower priorities are refused first
 	CodeInternal    ErrorCode = "internal"     // anything else
 )
 

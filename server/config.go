@@ -46,6 +46,9 @@ type Config struct {
 	// Default 1s.
 	ShutdownGrace time.Duration
 
+	// Limits are the per-user and per-IP limits (bridge.Limits).
+	Limits bridge.Limits
+
 	// DemoDir, if set, is served at /demo/ on the HTTP listener: the browser
 	// demo in examples/browser (after npm ci there). Off by default.
 	DemoDir string

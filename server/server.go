@@ -80,6 +80,7 @@ func (s *Server) Start() (err error) {
 		DBPath:     filepath.Join(s.cfg.DataDir, "history.db"),
 		Secret:     s.cfg.Secret,
 		MaxPayload: s.cfg.MaxPayload,
+		Limits:     s.cfg.Limits,
 		Logger:     s.log,
 	})
 	if err != nil {

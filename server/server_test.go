@@ -84,7 +84,7 @@ func TestWebSocket(t *testing.T) {
 // inboxSeq and fills it from the history, losing nothing. Shutdown does not
 // hang on it either.
 func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
-	n := testserver.Start(t, func(c *server.Config) { c.MaxPendingWrites = 4; c.MaxInflight = 8 })
+	n := testserver.Start(t, func(c *server.Config) { c.MaxPendingWrites = 4; c.MaxInflight = 8; c.Limits.SendRate = -1 })
 	const total = 120
 	gate := make(chan struct{})
 	var mu sync.Mutex

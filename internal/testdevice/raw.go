@@ -3,6 +3,7 @@ package testdevice
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -112,4 +113,31 @@ func (r *Raw) PublishQoS1(version byte, topic, payload string) byte {
 			return body[2]
 		}
 	}
+}
+
+// RawConnectCode sends the CONNECT pk to addr and returns the CONNACK's
+// reason (MQTT 5) or return code (3.1.1).
+func RawConnectCode(addr string, pk packets.Packet) (byte, error) {
+	conn, err := net.DialTimeout("tcp", addr, Wait)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		return 0, err
+	}
+	conn.SetDeadline(time.Now().Add(Wait))
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		return 0, err
+	}
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(conn, head); err != nil || head[0] != 0x20 {
+		return 0, fmt.Errorf("no CONNACK: % x %v", head, err)
+	}
+	body := make([]byte, head[1])
+	if _, err := io.ReadFull(conn, body); err != nil || len(body) < 2 {
+		return 0, fmt.Errorf("short CONNACK: %v", err)
+	}
+	return body[1], nil
 }
