@@ -40,7 +40,8 @@ type Bridge struct {
 	fanout     chan []storage.Appended // committed appends, in commit order
 	fanoutDone chan struct{}
 
-	stats counters
+	stats      counters
+	rejectedBy sync.Map // protocol.ErrorCode -> *atomic.Int64: requests refused, by reason
 }
 
 // counters are the bridge's statistics; see Stats.
@@ -98,6 +99,7 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
 		LockTimeout: cfg.LockTimeout,
 		OnCommit:    func(a []storage.Appended) { b.fanout <- a },
+		Observe:     cfg.Observer.Commit,
 		Logger:      cfg.Logger,
 	})
 	if err != nil {
@@ -138,6 +140,26 @@ func (b *Bridge) Stats() Stats {
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
 		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(),
 	}
+}
+
+// Rejected returns how many requests were refused, by error code.
+func (b *Bridge) Rejected() map[protocol.ErrorCode]int64 {
+	out := map[protocol.ErrorCode]int64{}
+	b.rejectedBy.Range(func(k, v any) bool {
+		out[k.(protocol.ErrorCode)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
+}
+
+// reject counts a request refused with code.
+func (b *Bridge) reject(code protocol.ErrorCode) {
+	b.stats.rejected.Add(1)
+	v, ok := b.rejectedBy.Load(code)
+	if !ok {
+		v, _ = b.rejectedBy.LoadOrStore(code, new(atomic.Int64))
+	}
+	v.(*atomic.Int64).Add(1)
 }
 
 // StoreStats returns the history writer's counters.

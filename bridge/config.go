@@ -29,9 +29,21 @@ type Config struct {
 	// LockTimeout is how long Open waits for another process to release the
 	// history file. Default 2s.
 	LockTimeout time.Duration
+	// Observer receives timings, for metrics. Zero: none.
+	Observer Observer
 	// Logger receives connection events at info and per-message detail at
 	// debug. Default: discard.
 	Logger *slog.Logger
+}
+
+// Observer receives timings as they happen; a nil field is not called. The
+// functions must be quick and safe for concurrent use.
+type Observer struct {
+	// Commit is called after each history commit with its duration (fsync
+	// included) and number of messages.
+	Commit func(d time.Duration, messages int)
+	// Query is called after each history ("history") or sync ("sync") query.
+	Query func(kind string, d time.Duration)
 }
 
 // Limits are the limits a node enforces per session, user and IP. Zero

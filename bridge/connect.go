@@ -21,7 +21,7 @@ func (b *Bridge) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	if code == packets.CodeSuccess {
 		return pk, nil
 	}
-	b.stats.rejected.Add(1)
+	b.reject("invalid_connect")
 	b.log.Info("connection refused", "remote", cl.Net.Remote, "reason", code.Reason)
 	if answer {
 		cl.Properties.ProtocolVersion = pk.ProtocolVersion

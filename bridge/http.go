@@ -112,7 +112,7 @@ func (b *Bridge) serveSend(w http.ResponseWriter, r *http.Request) {
 	}
 	req, perr := protocol.DecodeSendRequest(body)
 	if perr != nil {
-		b.stats.rejected.Add(1)
+		b.reject(perr.Code)
 		writeJSON(w, statusOf(perr), protocol.ErrorReceipt(peekRequestID(body), perr))
 		return
 	}

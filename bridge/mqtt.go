@@ -65,7 +65,9 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		}
 		b.reply(replyTo, pk, page)
 		if page.Error != nil {
-			b.stats.rejected.Add(1)
+			if c := page.Error.Code; c != protocol.CodeStoreFailed && c != protocol.CodeUnavailable {
+				b.reject(c)
+			}
 			return pk, ackError(cl, pk, page.Error)
 		}
 		return pk, packets.CodeSuccessIgnore
@@ -100,7 +102,7 @@ func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, 
 		return pk, packets.ErrRejectPacket
 	}
 	if c != protocol.CodeStoreFailed && c != protocol.CodeUnavailable && c != protocol.CodeRateLimited {
-		b.stats.rejected.Add(1)
+		b.reject(c)
 	}
 	return pk, ackError(cl, pk, r.Error)
 }

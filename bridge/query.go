@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"errors"
+	"time"
 
 	"github.com/imbridge/imbridge/protocol"
 	"github.com/imbridge/imbridge/storage"
@@ -11,6 +12,9 @@ import (
 // passed its Check. A user can only ever read conversations they are in: the
 // conversation is always (user, req.With).
 func (b *Bridge) History(user string, req protocol.HistoryRequest) protocol.Page {
+	if b.cfg.Observer.Query != nil {
+		defer observe(b.cfg.Observer.Query, "history", time.Now())
+	}
 	p, err := b.store.History(user, req.With, storage.HistoryFilter{After: req.After, Before: req.Before, Limit: req.Limit})
 	page := protocol.Page{Type: "history", ID: req.ID}
 	if err != nil {
@@ -38,6 +42,9 @@ func (b *Bridge) History(user string, req protocol.HistoryRequest) protocol.Page
 // Sync returns a page of everything stored for user with InboxSeq above
 // req.After, oldest first.
 func (b *Bridge) Sync(user string, req protocol.SyncRequest) protocol.Page {
+	if b.cfg.Observer.Query != nil {
+		defer observe(b.cfg.Observer.Query, "sync", time.Now())
+	}
 	p, err := b.store.Sync(user, storage.HistoryFilter{After: req.After, Limit: req.Limit})
 	page := protocol.Page{Type: "sync", ID: req.ID}
 	if err != nil {
@@ -54,6 +61,8 @@ func (b *Bridge) Sync(user string, req protocol.SyncRequest) protocol.Page {
 	}
 	return page
 }
+
+func observe(f func(string, time.Duration), kind string, start time.Time) { f(kind, time.Since(start)) }
 
 func (b *Bridge) queryFailed(page protocol.Page, err error) protocol.Page {
 	b.stats.storeErrors.Add(1)

@@ -3,7 +3,9 @@ package server_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/imbridge/imbridge/internal/testserver"
@@ -43,5 +45,36 @@ func TestHealthz(t *testing.T) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || h.Status != "ok" || h.Epoch == "" || h.Clients != 1 || h.Subscriptions != 3 {
 		t.Fatalf("healthz: %+v %v", h, err)
+	}
+}
+
+// TestMetrics: /metrics speaks Prometheus and counts what happened.
+func TestMetrics(t *testing.T) {
+	n := testserver.Start(t)
+	alice := v3(t, n, "alice", opts{})
+	v3(t, n, "bob", opts{})
+	alice.Send(`{"to":"bob","data":"x"}`)
+	alice.Send(`{"to":"bob","data":"typing","onlineUserOnly":true}`)
+	alice.Send(`{"to":"b/b","data":1}`)
+	httpSync(t, n, n.Token("bob"), 0)
+	resp, err := http.Get(n.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	body := string(b)
+	for _, want := range []string{
+		`imbridge_connections 2`,
+		`imbridge_messages_total{kind="stored",outcome="stored"} 1`,
+		`imbridge_messages_total{kind="online",outcome="delivered"} 1`,
+		`imbridge_rejected_total{reason="invalid_to"} 1`,
+		`imbridge_store_commit_messages_count 1`,
+		`imbridge_history_query_seconds_count{kind="sync"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

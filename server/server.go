@@ -32,6 +32,7 @@ type Server struct {
 
 	mqttAddr, wsAddr string // bound addresses, set by Start
 
+	metrics  *metrics
 	panics   atomic.Int64
 	stopOnce sync.Once
 	stopErr  error
@@ -76,7 +77,9 @@ func (s *Server) Start() (err error) {
 		// $SYS topics are refused by the ACL anyway; publish them rarely.
 		SysTopicResendInterval: 3600,
 	})
+	s.metrics = newMetrics()
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
+		Observer:   s.metrics.observer(),
 		DBPath:     filepath.Join(s.cfg.DataDir, "history.db"),
 		Secret:     s.cfg.Secret,
 		MaxPayload: s.cfg.MaxPayload,
@@ -86,6 +89,7 @@ func (s *Server) Start() (err error) {
 	if err != nil {
 		return err
 	}
+	s.metrics.reg.MustRegister(nodeCollector{s})
 	defer func() {
 		if err != nil {
 			s.closeAll()
@@ -173,8 +177,8 @@ func (s *Server) Health() Health {
 	}
 }
 
-// Handler returns the node's HTTP API: /healthz, the bridge's /v1/ API, and
-// the demo at /demo/ when Config.DemoDir is set.
+// Handler returns the node's HTTP API: /healthz, /metrics (Prometheus), the
+// bridge's /v1/ API, and the demo at /demo/ when Config.DemoDir is set.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -182,6 +186,7 @@ func (s *Server) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(s.Health())
 	})
 	mux.Handle("/v1/", s.bridge.Handler())
+	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.DemoDir != "" {
 		mux.Handle("/demo/", http.StripPrefix("/demo/", http.FileServer(http.Dir(s.cfg.DemoDir))))
 	}

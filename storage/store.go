@@ -48,6 +48,10 @@ type Options struct {
 	// within every conversation and inbox. It must not block for long: the
 	// next commit waits for it. The slice is not reused.
 	OnCommit func([]Appended)
+	// Observe, when set, is called by the writer after each successful commit
+	// with its duration (fsync included) and number of appends. It must be
+	// quick.
+	Observe func(d time.Duration, appends int)
 	// Logger receives errors of the writer. Default: discard.
 	Logger *slog.Logger
 }
@@ -244,6 +248,7 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commit(batch []*appendReq) {
+	start := time.Now()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for _, r := range batch {
 			if err := s.apply(tx, r); err != nil {
@@ -256,6 +261,9 @@ func (s *Store) commit(batch []*appendReq) {
 		s.opts.Logger.Error("history commit failed", "error", err, "appends", len(batch))
 		err = fmt.Errorf("storage: commit: %w", err)
 	} else {
+		if s.opts.Observe != nil {
+			s.opts.Observe(time.Since(start), len(batch))
+		}
 		s.commits++
 		s.appended += uint64(len(batch))
 		s.statsMu.Lock()
