@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -43,6 +44,7 @@ func main() {
 // options are the command line of the node.
 type options struct {
 	mqtt, ws, http, data, secret, logLevel, demo string
+	mqtts, wss, tlsCert, tlsKey                  string
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
 	limits                                       bridge.Limits
@@ -66,6 +68,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	str(&o.mqtt, "mqtt", "MQTTD_MQTT", ":1883", "MQTT over TCP listen address; empty disables")
 	str(&o.ws, "ws", "MQTTD_WS", ":8083", "MQTT over WebSocket listen address; empty disables")
 	str(&o.http, "http", "MQTTD_HTTP", ":8080", "HTTP API listen address; empty disables")
+	str(&o.mqtts, "mqtts", "MQTTD_MQTTS", "", "MQTT over TLS listen address, e.g. :8883; needs -tls-cert and -tls-key")
+	str(&o.wss, "wss", "MQTTD_WSS", "", "MQTT over WebSocket with TLS listen address, e.g. :8084; needs -tls-cert and -tls-key")
+	str(&o.tlsCert, "tls-cert", "MQTTD_TLS_CERT", "", "PEM certificate (chain) file for -mqtts and -wss")
+	str(&o.tlsKey, "tls-key", "MQTTD_TLS_KEY", "", "PEM private key file for -mqtts and -wss")
 	str(&o.data, "data", "MQTTD_DATA", "./data", "data directory: history.db and the generated secret")
 	str(&o.secret, "secret", "MQTTD_SECRET", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
 	str(&o.logLevel, "log", "MQTTD_LOG", "info", "log level: debug, info, warn, error")
@@ -139,7 +145,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var tlsConfig *tls.Config
+	if o.mqtts != "" || o.wss != "" {
+		if o.tlsCert == "" || o.tlsKey == "" {
+			return errors.New("-mqtts and -wss need -tls-cert and -tls-key")
+		}
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	srv, err := server.New(server.Config{
+		MQTTTLSAddr: o.mqtts, WSSAddr: o.wss, TLS: tlsConfig,
 		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
 		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
@@ -150,7 +168,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	log.Info("mqttd ready", "mqtt", srv.MQTTAddr(), "ws", srv.WSAddr(), "http", srv.HTTPAddr(), "data", o.data)
+	log.Info("mqttd ready", "mqtt", srv.MQTTAddr(), "ws", srv.WSAddr(), "http", srv.HTTPAddr(),
+		"mqtts", srv.MQTTTLSAddr(), "wss", srv.WSSAddr(), "data", o.data)
 	<-ctx.Done()
 	log.Info("stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)

@@ -150,7 +150,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 // TestFlags checks flag errors and help.
 func TestFlags(t *testing.T) {
 	ctx := context.Background()
-	for _, args := range [][]string{{"-nope"}, {"extra-arg"}, {"-log", "loud"}, {"-secret", "short"}, {"token"}, {"token", "not a user"}} {
+	for _, args := range [][]string{{"-nope"}, {"extra-arg"}, {"-log", "loud"}, {"-secret", "short"}, {"token"}, {"token", "not a user"},
+		{"-mqtts", "127.0.0.1:0"}, {"-wss", "127.0.0.1:0", "-tls-cert", "missing.pem", "-tls-key", "missing.key"}} {
 		err := run(ctx, append(args, "-data", t.TempDir()), io.Discard, io.Discard)
 		if err == nil {
 			t.Errorf("mqttd %v: no error", args)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,12 @@ type Config struct {
 	MQTTAddr string // MQTT over TCP, e.g. ":1883"
 	WSAddr   string // MQTT over WebSocket, e.g. ":8083"; any path is accepted
 	HTTPAddr string // HTTP API and /healthz, e.g. ":8080"
+	// MQTTTLSAddr and WSSAddr serve MQTT over TLS and over WebSocket with
+	// TLS, e.g. ":8883" and ":8084", with the certificate in TLS. Off when
+	// empty.
+	MQTTTLSAddr string
+	WSSAddr     string
+	TLS         *tls.Config
 
 	// DataDir holds the history file history.db; created (0700) if missing.
 	// Required.
@@ -92,8 +99,10 @@ func (c Config) validate() error {
 		return errors.New("server: Config.DataDir is required")
 	case len(c.Secret) < auth.MinSecretLen:
 		return fmt.Errorf("server: Config.Secret must be at least %d bytes", auth.MinSecretLen)
-	case c.MQTTAddr == "" && c.WSAddr == "":
-		return errors.New("server: no MQTT listener: set MQTTAddr or WSAddr")
+	case c.MQTTAddr == "" && c.WSAddr == "" && c.MQTTTLSAddr == "" && c.WSSAddr == "":
+		return errors.New("server: no MQTT listener: set MQTTAddr, WSAddr, MQTTTLSAddr or WSSAddr")
+	case (c.MQTTTLSAddr != "" || c.WSSAddr != "") && (c.TLS == nil || len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil):
+		return errors.New("server: a TLS listener needs Config.TLS with a certificate")
 	case c.MaxPayload < 256 || c.MaxPayload > 64<<20:
 		return fmt.Errorf("server: Config.MaxPayload %d is outside 256 bytes to 64 MiB", c.MaxPayload)
 	case c.MaxPendingWrites < 1 || c.MaxPendingWrites > math.MaxInt32:

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,19 +80,39 @@ func (g *guarded) cleanup(c net.Conn, err error) {
 type tcpListener struct {
 	id   string
 	addr string
+	tls  *tls.Config // nil: plain TCP
 	ln   net.Listener
 	once sync.Once
 }
 
-func newTCPListener(id, addr string) *tcpListener { return &tcpListener{id: id, addr: addr} }
+func newTCPListener(id, addr string, tlsConfig *tls.Config) *tcpListener {
+	return &tcpListener{id: id, addr: addr, tls: tlsConfig}
+}
 
-func (l *tcpListener) ID() string       { return l.id }
-func (l *tcpListener) Protocol() string { return "tcp" }
-func (l *tcpListener) Address() string  { return boundAddr(l.ln, l.addr) }
+func (l *tcpListener) ID() string { return l.id }
+func (l *tcpListener) Protocol() string {
+	if l.tls != nil {
+		return "tls"
+	}
+	return "tcp"
+}
+func (l *tcpListener) Address() string { return boundAddr(l.ln, l.addr) }
 
-func (l *tcpListener) Init(*slog.Logger) (err error) {
-	l.ln, err = net.Listen("tcp", l.addr)
-	return err
+func (l *tcpListener) Init(*slog.Logger) error {
+	return listen(&l.ln, l.addr, l.tls)
+}
+
+// listen binds addr, with TLS when tlsConfig is set.
+func listen(ln *net.Listener, addr string, tlsConfig *tls.Config) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	if tlsConfig != nil {
+		l = tls.NewListener(l, tlsConfig)
+	}
+	*ln = l
+	return nil
 }
 
 // Serve accepts connections until Close, each on its own goroutine.
@@ -129,6 +150,7 @@ func boundAddr(ln net.Listener, addr string) string {
 type wsListener struct {
 	id        string
 	addr      string
+	tls       *tls.Config // nil: plain WebSocket
 	ln        net.Listener
 	http      *http.Server
 	upgrader  websocket.Upgrader
@@ -136,8 +158,8 @@ type wsListener struct {
 	once      sync.Once
 }
 
-func newWSListener(id, addr string) *wsListener {
-	return &wsListener{id: id, addr: addr, upgrader: websocket.Upgrader{
+func newWSListener(id, addr string, tlsConfig *tls.Config) *wsListener {
+	return &wsListener{id: id, addr: addr, tls: tlsConfig, upgrader: websocket.Upgrader{
 		Subprotocols: []string{"mqtt"},
 		// Browsers on any origin may connect: a device proves who it is with
 		// its token in CONNECT, not with cookies.
@@ -145,16 +167,19 @@ func newWSListener(id, addr string) *wsListener {
 	}}
 }
 
-func (l *wsListener) ID() string       { return l.id }
-func (l *wsListener) Protocol() string { return "ws" }
-func (l *wsListener) Address() string  { return boundAddr(l.ln, l.addr) }
+func (l *wsListener) ID() string { return l.id }
+func (l *wsListener) Protocol() string {
+	if l.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
+func (l *wsListener) Address() string { return boundAddr(l.ln, l.addr) }
 
 func (l *wsListener) Init(*slog.Logger) error {
-	ln, err := net.Listen("tcp", l.addr)
-	if err != nil {
+	if err := listen(&l.ln, l.addr, l.tls); err != nil {
 		return err
 	}
-	l.ln = ln
 	l.http = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(l.serveWS)}
 	return nil
 }

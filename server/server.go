@@ -30,7 +30,7 @@ type Server struct {
 	httpSrv *http.Server
 	httpLn  net.Listener
 
-	mqttAddr, wsAddr string // bound addresses, set by Start
+	mqttAddr, wsAddr, mqttsAddr, wssAddr string // bound addresses, set by Start
 
 	metrics  *metrics
 	panics   atomic.Int64
@@ -95,13 +95,20 @@ func (s *Server) Start() (err error) {
 			s.closeAll()
 		}
 	}()
-	if s.cfg.MQTTAddr != "" {
-		if s.mqttAddr, err = s.addListener(newTCPListener("tcp", s.cfg.MQTTAddr)); err != nil {
-			return err
+	for _, l := range []struct {
+		addr  string
+		bound *string
+		make  func() listeners.Listener
+	}{
+		{s.cfg.MQTTAddr, &s.mqttAddr, func() listeners.Listener { return newTCPListener("tcp", s.cfg.MQTTAddr, nil) }},
+		{s.cfg.WSAddr, &s.wsAddr, func() listeners.Listener { return newWSListener("ws", s.cfg.WSAddr, nil) }},
+		{s.cfg.MQTTTLSAddr, &s.mqttsAddr, func() listeners.Listener { return newTCPListener("tls", s.cfg.MQTTTLSAddr, s.cfg.TLS) }},
+		{s.cfg.WSSAddr, &s.wssAddr, func() listeners.Listener { return newWSListener("wss", s.cfg.WSSAddr, s.cfg.TLS) }},
+	} {
+		if l.addr == "" {
+			continue
 		}
-	}
-	if s.cfg.WSAddr != "" {
-		if s.wsAddr, err = s.addListener(newWSListener("ws", s.cfg.WSAddr)); err != nil {
+		if *l.bound, err = s.addListener(l.make()); err != nil {
 			return err
 		}
 	}
@@ -134,6 +141,13 @@ func (s *Server) MQTTAddr() string { return s.mqttAddr }
 
 // WSAddr returns the bound address of the MQTT/WebSocket listener, "" if none.
 func (s *Server) WSAddr() string { return s.wsAddr }
+
+// MQTTTLSAddr returns the bound address of the MQTT/TLS listener, "" if none.
+func (s *Server) MQTTTLSAddr() string { return s.mqttsAddr }
+
+// WSSAddr returns the bound address of the MQTT/WebSocket/TLS listener, "" if
+// none.
+func (s *Server) WSSAddr() string { return s.wssAddr }
 
 // HTTPAddr returns the bound address of the HTTP listener, "" if none.
 func (s *Server) HTTPAddr() string {

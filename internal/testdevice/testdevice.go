@@ -5,6 +5,7 @@ package testdevice
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -85,6 +86,8 @@ type Options struct {
 	Subscribe []string
 	// Token mints a token for the user.
 	Token func(user string) string
+	// TLS configures ssl:// and wss:// brokers (MQTT 3.1.1 devices).
+	TLS *tls.Config
 }
 
 func (o *Options) fill(user string) {
@@ -123,7 +126,7 @@ func DialV3(t testing.TB, url, user string, o Options) (*Device, error) {
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(o.ClientID).
 		SetUsername(user).SetPassword(o.Password).SetCleanSession(o.Clean).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(Wait).
-		SetProtocolVersion(4).SetKeepAlive(30 * time.Second)
+		SetProtocolVersion(4).SetKeepAlive(30 * time.Second).SetTLSConfig(o.TLS)
 	opts.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
 		d.deliver(Msg{Topic: m.Topic(), Payload: m.Payload(), QoS: m.Qos()})
 	})
