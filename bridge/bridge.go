@@ -40,6 +40,9 @@ type Bridge struct {
 	fanout     chan []storage.Appended // committed appends, in commit order
 	fanoutDone chan struct{}
 
+	stopPrune chan struct{} // closed by Close; nil without retention
+	pruneDone chan struct{}
+
 	stats      counters
 	rejectedBy sync.Map // protocol.ErrorCode -> *atomic.Int64: requests refused, by reason
 }
@@ -47,7 +50,7 @@ type Bridge struct {
 // counters are the bridge's statistics; see Stats.
 type counters struct {
 	stored, duplicates, delivered, offline, onlineDropped, rejected, storeErrors atomic.Int64
-	queueDrops, authFailures, shed, connectsLimited                              atomic.Int64
+	queueDrops, authFailures, shed, connectsLimited, pruned                      atomic.Int64
 }
 
 // Stats are counts since Open.
@@ -63,6 +66,7 @@ type Stats struct {
 	AuthFailures    int64 `json:"authFailures"`    // refused CONNECTs and HTTP requests
 	Shed            int64 `json:"shed"`            // sends refused by the per-user send rate
 	ConnectsLimited int64 `json:"connectsLimited"` // CONNECTs refused by rate or device limits
+	Pruned          int64 `json:"pruned"`          // messages removed by the retention
 }
 
 // Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
@@ -110,13 +114,46 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		return nil, err
 	}
 	go b.runFanout()
+	if cfg.Retention != (storage.Retention{}) {
+		b.stopPrune, b.pruneDone = make(chan struct{}), make(chan struct{})
+		go b.runPrune()
+	}
 	return b, nil
+}
+
+// runPrune applies the retention every PruneInterval until Close.
+func (b *Bridge) runPrune() {
+	defer close(b.pruneDone)
+	tick := time.NewTicker(b.cfg.PruneInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.stopPrune:
+			return
+		case now := <-tick.C:
+			n, err := b.store.Prune(b.cfg.Retention, now)
+			b.stats.pruned.Add(int64(n))
+			if err != nil {
+				b.log.Error("pruning the history", "error", err)
+			} else if n > 0 {
+				b.log.Debug("history pruned", "messages", n)
+			}
+		}
+	}
 }
 
 // Close commits the sends already queued, delivers them, and closes the
 // history file. Call it after the mochi server has stopped; it blocks until
 // done. Later calls return nil.
 func (b *Bridge) Close() error {
+	if b.stopPrune != nil {
+		select {
+		case <-b.stopPrune:
+		default:
+			close(b.stopPrune)
+		}
+		<-b.pruneDone
+	}
 	err := b.store.Close()
 	select {
 	case <-b.fanoutDone:
@@ -138,7 +175,7 @@ func (b *Bridge) Stats() Stats {
 		Stored: c.stored.Load(), Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(),
 		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: c.rejected.Load(),
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
-		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(),
+		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(), Pruned: c.pruned.Load(),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/storage"
 )
 
 // Config configures a Bridge. Zero fields take the defaults written beside them.
@@ -29,6 +30,12 @@ type Config struct {
 	// LockTimeout is how long Open waits for another process to release the
 	// history file. Default 2s.
 	LockTimeout time.Duration
+	// Retention prunes each conversation in the background: messages older
+	// than MaxAge, and all but the newest MaxCount. Zero: keep everything.
+	Retention storage.Retention
+	// PruneInterval is how often pruning runs when Retention is set.
+	// Default 1 minute.
+	PruneInterval time.Duration
 	// Observer receives timings, for metrics. Zero: none.
 	Observer Observer
 	// Logger receives connection events at info and per-message detail at
@@ -89,6 +96,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxSubscriptions == 0 {
 		c.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = time.Minute
 	}
 	if c.MaxDevicesPerUser == 0 {
 		c.MaxDevicesPerUser = 10

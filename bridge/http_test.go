@@ -2,13 +2,17 @@ package bridge_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/server"
+	"github.com/imbridge/imbridge/storage"
 )
 
 func httpDo(t *testing.T, method, url, token, body string) (int, []byte) {
@@ -170,5 +174,36 @@ func TestHTTPSendReachesDevices(t *testing.T) {
 	}
 	if code, r = httpSend(t, n, n.Token("alice"), `{"to":"nobody","onlineUserOnly":true,"data":1}`); code != 200 || r.Status != protocol.StatusOffline {
 		t.Fatalf("%d %+v", code, r)
+	}
+}
+
+// TestRetention: the background pruner keeps the newest messages of each
+// conversation; history and sync serve what is left, sync skipping the rest.
+func TestRetention(t *testing.T) {
+	n := testserver.Start(t, func(c *server.Config) {
+		c.Retention, c.PruneInterval = storage.Retention{MaxCount: 2}, 20*time.Millisecond
+	})
+	admin := n.AdminToken()
+	for i := range 5 {
+		httpSend(t, n, admin, fmt.Sprintf(`{"from":"alice","to":"bob","data":%d}`, i))
+	}
+	httpSend(t, n, admin, `{"from":"carol","to":"bob","data":"c"}`)
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Health().Bridge.Pruned < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing pruned")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition
+	}
+	if p := httpHistory(t, n, n.Token("bob"), "with=alice"); seqs(p) != "4 5" {
+		t.Fatalf("alice|bob keeps %s", seqs(p))
+	}
+	p := httpSync(t, n, n.Token("bob"), "")
+	var inbox []uint64
+	for _, m := range p.Messages {
+		inbox = append(inbox, m.InboxSeq)
+	}
+	if fmt.Sprint(inbox) != "[4 5 6]" {
+		t.Fatalf("bob's sync after pruning: %v", inbox)
 	}
 }

@@ -322,6 +322,24 @@ func (c *Client) deliverLocked(m protocol.Message) {
 	}
 }
 
+// acceptSynced is acceptStored for a message from a sync answer. A sync
+// answer returns everything the server still has, so a hole in it is
+// messages the server's retention pruned: the cursor moves past them.
+func (c *Client) acceptSynced(m protocol.Message) {
+	c.mu.Lock()
+	if m.InboxSeq > c.cursor+1 {
+		c.log.Debug("pruned by the server", "from", c.cursor+1, "to", m.InboxSeq-1)
+		for seq := range c.ahead {
+			if seq < m.InboxSeq {
+				delete(c.ahead, seq)
+			}
+		}
+		c.cursor = m.InboxSeq - 1
+	}
+	c.mu.Unlock()
+	c.acceptStored(m)
+}
+
 // fillGap starts a catch-up if messages are held beyond a hole.
 func (c *Client) fillGap() {
 	c.mu.Lock()
@@ -375,7 +393,7 @@ func (c *Client) catchUp() {
 		c.epoch = page.Epoch
 		c.mu.Unlock()
 		for _, m := range page.Messages {
-			c.acceptStored(m)
+			c.acceptSynced(m)
 		}
 		c.mu.Lock()
 		again := page.More || c.resync

@@ -13,6 +13,8 @@ import (
 	"github.com/imbridge/imbridge/client"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
+	"github.com/imbridge/imbridge/server"
+	"github.com/imbridge/imbridge/storage"
 )
 
 const wait = 10 * time.Second
@@ -315,5 +317,35 @@ func TestWebSocket(t *testing.T) {
 	}
 	if m := bobApp.next(t); !m.OnlineUserOnly {
 		t.Fatalf("got %+v", m)
+	}
+}
+
+// TestCatchUpAfterPruning: when the server's retention pruned old messages,
+// a device catching up skips them instead of waiting for them forever.
+func TestCatchUpAfterPruning(t *testing.T) {
+	n := testserver.Start(t, func(c *server.Config) {
+		c.Retention, c.PruneInterval = storage.Retention{MaxCount: 3}, 20*time.Millisecond
+		c.Limits.SendRate = -1
+	})
+	admin := n.AdminToken()
+	for i := 1; i <= 6; i++ {
+		httpSend(t, n, admin, i)
+	}
+	deadline := time.Now().Add(wait)
+	for n.Health().Bridge.Pruned < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing pruned")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition
+	}
+	bobApp := newApp()
+	bob := dial(t, n, "bob", bobApp)
+	if got := bobApp.stored(t, 3, 3); string(got[0].Data) != "4" {
+		t.Fatalf("first message after pruning: %s", got[0].Data)
+	}
+	httpSend(t, n, admin, 7)
+	bobApp.stored(t, 6, 1)
+	if bob.InboxSeq() != 7 {
+		t.Fatalf("InboxSeq %d", bob.InboxSeq())
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/bridge"
 	"github.com/imbridge/imbridge/server"
+	"github.com/imbridge/imbridge/storage"
 )
 
 func main() {
@@ -48,6 +49,8 @@ type options struct {
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
 	limits                                       bridge.Limits
+	retentionAge                                 time.Duration
+	retentionCount                               int
 }
 
 // envOr returns the environment variable name, or def.
@@ -113,6 +116,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flt(&o.limits.ConnectRatePerIP, "connect-rate-ip", "MQTTD_CONNECT_RATE_IP", 20, "CONNECT attempts per second per IP, bursts of 50; -1: no limit")
 	flt(&o.limits.ConnectRatePerUser, "connect-rate-user", "MQTTD_CONNECT_RATE_USER", 5, "CONNECT attempts per second per user, bursts of 10; -1: no limit")
 	flt(&o.limits.SendRate, "send-rate", "MQTTD_SEND_RATE", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
+	dur(&o.retentionAge, "retention-age", "MQTTD_RETENTION_AGE", 0, "prune stored messages older than this, per conversation; 0 keeps them")
+	num(&o.retentionCount, "retention-count", "MQTTD_RETENTION_COUNT", 0, "keep only the newest N stored messages of each conversation; 0 keeps all")
 	dur(&o.sessionExpiry, "session-expiry", "MQTTD_SESSION_EXPIRY", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
 	dur(&o.shutdownTimeout, "shutdown-timeout", "MQTTD_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
 	fs.Usage = func() {
@@ -161,6 +166,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
 		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
+		Retention: storage.Retention{MaxAge: o.retentionAge, MaxCount: uint64(max(0, o.retentionCount))},
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/bridge"
+	"github.com/imbridge/imbridge/storage"
 )
 
 // Config configures a Server. Zero fields take the defaults written beside
@@ -55,6 +56,11 @@ type Config struct {
 
 	// Limits are the per-user and per-IP limits (bridge.Limits).
 	Limits bridge.Limits
+	// Retention prunes each conversation's history in the background
+	// (bridge.Config.Retention), every PruneInterval (default 1 minute).
+	// Zero: keep everything.
+	Retention     storage.Retention
+	PruneInterval time.Duration
 
 	// DemoDir, if set, is served at /demo/ on the HTTP listener: the browser
 	// demo in examples/browser (after npm ci there). Off by default.

@@ -79,12 +79,14 @@ func (s *Server) Start() (err error) {
 	})
 	s.metrics = newMetrics()
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
-		Observer:   s.metrics.observer(),
-		DBPath:     filepath.Join(s.cfg.DataDir, "history.db"),
-		Secret:     s.cfg.Secret,
-		MaxPayload: s.cfg.MaxPayload,
-		Limits:     s.cfg.Limits,
-		Logger:     s.log,
+		Observer:      s.metrics.observer(),
+		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
+		Secret:        s.cfg.Secret,
+		MaxPayload:    s.cfg.MaxPayload,
+		Limits:        s.cfg.Limits,
+		Retention:     s.cfg.Retention,
+		PruneInterval: s.cfg.PruneInterval,
+		Logger:        s.log,
 	})
 	if err != nil {
 		return err

@@ -36,8 +36,12 @@ type Page struct {
 // History returns a page of the conversation between users a and b, by
 // conversation seq. A conversation never written is an empty page.
 func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
-	return s.page(bucketMsg, ConversationKey(a, b), f, func(_ *bolt.Tx, _, v []byte) (protocol.Message, error) {
+	return s.page(bucketMsg, ConversationKey(a, b), f, func(_ *bolt.Tx, _, rec []byte) (protocol.Message, error) {
 		var m protocol.Message
+		v, err := recordJSON(rec)
+		if err != nil {
+			return m, err
+		}
 		if err := json.Unmarshal(v, &m); err != nil {
 			return m, fmt.Errorf("storage: decode message: %w", err)
 		}

@@ -19,7 +19,7 @@ import (
 )
 
 // formatVersion is written into new files and checked by Open.
-const formatVersion = "2"
+const formatVersion = "3"
 
 // The file has five flat buckets. Keys that belong together share a prefix
 // ending in 0x00, which no user ID contains, so that one conversation or one
@@ -27,7 +27,7 @@ const formatVersion = "2"
 // or inbox would dirty several more pages per message.)
 var (
 	bucketMeta   = []byte("meta")   // "version", "epoch"
-	bucketMsg    = []byte("msg")    // conversation key 0x00 seq -> Message JSON (with seq)
+	bucketMsg    = []byte("msg")    // conversation key 0x00 seq -> record header + Message JSON (with seq)
 	bucketInbox  = []byte("inbox")  // user 0x00 inboxSeq -> seq + conversation key
 	bucketSeq    = []byte("seq")    // "c" conversation key, "u" user -> last seq, last inboxSeq
 	bucketDedupe = []byte("dedupe") // sender 0x00 client id -> seq, from and to inboxSeq, conversation key
@@ -310,10 +310,6 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 	if m.Seq, err = bump(seqs, append([]byte{'c'}, ckey...)); err != nil {
 		return err
 	}
-	value := protocol.WithUint(r.enc, "seq", m.Seq)
-	if err := tx.Bucket(bucketMsg).Put(joinKey(ckey, u64(m.Seq)), value); err != nil {
-		return err
-	}
 	ref := append(u64(m.Seq), ckey...)
 	fromSeq, err := appendInbox(tx, m.From, ref)
 	if err != nil {
@@ -324,6 +320,10 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 		if toSeq, err = appendInbox(tx, m.To, ref); err != nil {
 			return err
 		}
+	}
+	value := protocol.WithUint(r.enc, "seq", m.Seq)
+	if err := tx.Bucket(bucketMsg).Put(joinKey(ckey, u64(m.Seq)), record(m, fromSeq, toSeq, value)); err != nil {
+		return err
 	}
 	if dkey != nil {
 		rec := make([]byte, 0, 24+len(ckey))
@@ -374,13 +374,43 @@ func appendInbox(tx *bolt.Tx, user string, ref []byte) (uint64, error) {
 	return n, tx.Bucket(bucketInbox).Put(joinKey([]byte(user), u64(n)), ref)
 }
 
-// loadMessage returns the stored bytes and the decoded message seq of the
+// recordHeader is the size of what a message record holds before its JSON:
+// the message's inboxSeq in the inbox of each of the conversation's two
+// users, in ConversationKey order, and its time (Unix ms). Pruning needs
+// them to remove the inbox entries with the message.
+const recordHeader = 24
+
+func record(m protocol.Message, fromSeq, toSeq uint64, json []byte) []byte {
+	a, b := fromSeq, toSeq
+	if m.To < m.From {
+		a, b = toSeq, fromSeq
+	}
+	v := make([]byte, 0, recordHeader+len(json))
+	v = binary.BigEndian.AppendUint64(v, a)
+	v = binary.BigEndian.AppendUint64(v, b)
+	v = binary.BigEndian.AppendUint64(v, uint64(m.Time))
+	return append(v, json...)
+}
+
+// recordJSON returns the JSON of a message record.
+func recordJSON(v []byte) ([]byte, error) {
+	if len(v) < recordHeader {
+		return nil, fmt.Errorf("storage: corrupt message record")
+	}
+	return v[recordHeader:], nil
+}
+
+// loadMessage returns the stored JSON and the decoded message seq of the
 // conversation ckey.
 func loadMessage(tx *bolt.Tx, ckey []byte, seq uint64) ([]byte, protocol.Message, error) {
 	var m protocol.Message
-	v := tx.Bucket(bucketMsg).Get(joinKey(ckey, u64(seq)))
-	if v == nil {
+	rec := tx.Bucket(bucketMsg).Get(joinKey(ckey, u64(seq)))
+	if rec == nil {
 		return nil, m, fmt.Errorf("storage: missing message %d of %q", seq, ckey)
+	}
+	v, err := recordJSON(rec)
+	if err != nil {
+		return nil, m, err
 	}
 	if err := json.Unmarshal(v, &m); err != nil {
 		return nil, m, fmt.Errorf("storage: decode message %d of %q: %w", seq, ckey, err)

@@ -352,3 +352,55 @@ func TestSyncFromZeroStartsAtTheOldest(t *testing.T) {
 		t.Fatalf("synced %v", got)
 	}
 }
+
+// TestPrune keeps the newest MaxCount of each conversation and nothing
+// older than MaxAge, removing inbox entries and retry records with them.
+func TestPrune(t *testing.T) {
+	s, _ := openTemp(t, nil)
+	ctx := context.Background()
+	now := time.Now()
+	for i := 1; i <= 6; i++ {
+		m := msg("alice", "bob", fmt.Sprint("c", i), i)
+		m.Time = now.Add(-time.Duration(7-i) * time.Hour).UnixMilli() // 6h ago ... 1h ago
+		s.Append(ctx, m)
+	}
+	recent := msg("carol", "bob", "", 100)
+	recent.Time = now.UnixMilli()
+	s.Append(ctx, recent)
+	n, err := s.Prune(Retention{MaxCount: 4}, now)
+	if err != nil || n != 2 {
+		t.Fatalf("pruned %d (%v), want the 2 oldest of alice|bob", n, err)
+	}
+	p, _ := s.History("alice", "bob", HistoryFilter{Limit: 100})
+	if seqs := fmt.Sprint(p.Messages[0].Seq, len(p.Messages)); seqs != "3 4" {
+		t.Fatalf("kept from seq/count %s, want 3 4", seqs)
+	}
+	n, _ = s.Prune(Retention{MaxAge: 150 * time.Minute}, now)
+	if n != 2 {
+		t.Fatalf("age pruning removed %d, want 2 (4h and 3h old)", n)
+	}
+	sync, _ := s.Sync("bob", HistoryFilter{Limit: 100})
+	var inbox []uint64
+	for _, m := range sync.Messages {
+		inbox = append(inbox, m.InboxSeq)
+	}
+	if fmt.Sprint(inbox) != "[5 6 7]" { // 1-4 pruned: a hole a sync skips
+		t.Fatalf("bob's inbox after pruning: %v", inbox)
+	}
+	alice, _ := s.Sync("alice", HistoryFilter{Limit: 100})
+	if len(alice.Messages) != 2 {
+		t.Fatalf("alice's inbox has %d", len(alice.Messages))
+	}
+	// The retry record of a pruned message is gone: the id may be used again.
+	again, err := s.Append(ctx, msg("alice", "bob", "c1", 1))
+	if err != nil || again.Duplicate || again.Message.Seq != 7 {
+		t.Fatalf("resend of a pruned id: %+v %v", again, err)
+	}
+	// The record of a kept one is not.
+	if dup, _ := s.Append(ctx, msg("alice", "bob", "c6", 6)); !dup.Duplicate {
+		t.Fatal("retry record of a kept message was pruned")
+	}
+	if n, _ := s.Prune(Retention{}, now); n != 0 {
+		t.Fatal("an empty retention pruned")
+	}
+}
