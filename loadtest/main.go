@@ -34,7 +34,14 @@ func main() {
 	only := flag.String("scenarios", "latency,throughput,stored,history,capacity,fanout", "comma-separated scenarios to run")
 	md := flag.String("md", "", "also write the report as Markdown to this file")
 	png := flag.String("png", "", "write latency distribution plots (PNG) into this directory")
+	soakFor := flag.Duration("soak", 0, "instead of the scenarios, soak a node this long (e.g. 12m): idle devices, active pairs, graceful restarts")
+	soakIdle := flag.Int("soak-idle", 2000, "soak: idle devices")
+	soakPairs := flag.Int("soak-pairs", 50, "soak: pairs sending stored and online-only messages")
+	soakRestart := flag.Duration("soak-restart", 3*time.Minute, "soak: restart the server this often")
 	flag.Parse()
+	if *soakFor > 0 {
+		os.Exit(runSoak(*soakFor, *soakIdle, *soakPairs, *soakRestart, *md))
+	}
 	s := fullSizes
 	if *quick {
 		s = quickSizes
@@ -298,4 +305,39 @@ func pName(p float64) string {
 		return "max"
 	}
 	return fmt.Sprintf("p%v", p)
+}
+
+// runSoak runs the soak, prints its samples and findings (and writes them as
+// Markdown to md), and returns the exit code: 1 if an acknowledged message
+// was lost.
+func runSoak(d time.Duration, idle, pairs int, restart time.Duration, md string) int {
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+	res, err := soak(d, idle, pairs, restart, progress)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest: soak:", err)
+		return 1
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Soak of %v on %s: %d idle devices, %d pairs (%d devices in all), a graceful restart every %v (%d restarts).\n\n",
+		d, machine(), idle, pairs, idle+2*pairs, restart, res.restarts)
+	fmt.Fprintln(&b, "| time | restarts so far | server RSS | goroutines | connected | stored acknowledged |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|")
+	for _, s := range res.samples {
+		fmt.Fprintf(&b, "| %v | %d | %d MB | %d | %d | %d |\n", s.at, s.restarts, s.rss>>20, s.goroutines, s.clients, s.acked)
+	}
+	fmt.Fprintf(&b, "\n%d stored messages acknowledged, %d in the history, %d lost; %d online-only sent.\n", res.acked, res.stored, len(res.lost), res.online)
+	fmt.Print(b.String())
+	if md != "" {
+		if err := os.WriteFile(md, []byte(b.String()), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "loadtest:", err)
+			return 1
+		}
+	}
+	if len(res.lost) > 0 {
+		fmt.Fprintln(os.Stderr, "loadtest: soak: acknowledged messages lost:", res.lost[:min(10, len(res.lost))])
+		return 1
+	}
+	return 0
 }

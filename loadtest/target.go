@@ -53,6 +53,9 @@ const (
 	// envProfile, set by the user, makes each child write a CPU profile to
 	// $LOADTEST_CPUPROFILE.<kind>.pprof.
 	envProfile = "LOADTEST_CPUPROFILE"
+	// envAddrs, "MQTT HTTP", fixes the child's addresses (the soak restarts
+	// it on the same ones).
+	envAddrs = "LOADTEST_ADDRS"
 )
 
 // serveFromEnv runs the child side if the environment asks for it, and
@@ -91,7 +94,11 @@ type ready struct {
 // target. kind is kindBridge or kindBare; both use imbridge's mochi settings.
 func serve(kind, dataDir string, secret []byte) error {
 	// The load is many devices from one IP, sending flat out: no limits.
-	cfg := server.Config{MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DataDir: dataDir, Secret: secret,
+	mqttAddr, httpAddr := "127.0.0.1:0", "127.0.0.1:0"
+	if a := strings.Fields(os.Getenv(envAddrs)); len(a) == 2 {
+		mqttAddr, httpAddr = a[0], a[1]
+	}
+	cfg := server.Config{MQTTAddr: mqttAddr, HTTPAddr: httpAddr, DataDir: dataDir, Secret: secret,
 		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, MaxDevicesPerUser: 100}}
 	var r ready
 	var bridge *server.Server
@@ -178,13 +185,13 @@ type target struct {
 	ready
 }
 
-func startTarget(kind, dataDir string, secret []byte) (*target, error) {
+func startTarget(kind, dataDir string, secret []byte, env ...string) (*target, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envServe+"="+kind, envData+"="+dataDir, envSecret+"="+string(secret))
+	cmd.Env = append(append(os.Environ(), envServe+"="+kind, envData+"="+dataDir, envSecret+"="+string(secret)), env...)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
