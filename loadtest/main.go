@@ -322,10 +322,10 @@ func runSoak(d time.Duration, idle, pairs int, restart time.Duration, md string)
 	var b strings.Builder
 	fmt.Fprintf(&b, "Soak of %v on %s: %d idle devices, %d pairs (%d devices in all), a graceful restart every %v (%d restarts).\n\n",
 		d, machine(), idle, pairs, idle+2*pairs, restart, res.restarts)
-	fmt.Fprintln(&b, "| time | restarts so far | server RSS | goroutines | connected | stored acknowledged |")
-	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(&b, "| time | restarts so far | server RSS (history mmap included) | Go heap | goroutines | connected | stored acknowledged |")
+	fmt.Fprintln(&b, "|---:|---:|---:|---:|---:|---:|---:|")
 	for _, s := range res.samples {
-		fmt.Fprintf(&b, "| %v | %d | %d MB | %d | %d | %d |\n", s.at, s.restarts, s.rss>>20, s.goroutines, s.clients, s.acked)
+		fmt.Fprintf(&b, "| %v | %d | %d MB | %d MB | %d | %d | %d |\n", s.at, s.restarts, s.rss>>20, s.heap>>20, s.goroutines, s.clients, s.acked)
 	}
 	fmt.Fprintf(&b, "\n%d stored messages acknowledged, %d in the history, %d lost; %d online-only sent.\n", res.acked, res.stored, len(res.lost), res.online)
 	fmt.Print(b.String())

@@ -36,7 +36,8 @@ const (
 
 // serverStats is what a child server reports about itself.
 type serverStats struct {
-	RSS        int64  `json:"rss"` // bytes
+	RSS        int64  `json:"rss"`  // bytes, the history's mmap included
+	Heap       int64  `json:"heap"` // bytes of Go heap in use
 	Goroutines int    `json:"goroutines"`
 	Commits    uint64 `json:"commits"`  // imbridge only
 	Appended   uint64 `json:"appended"` // imbridge only
@@ -144,7 +145,9 @@ func serve(kind, dataDir string, secret []byte) error {
 			runtime.GC()
 			debug.FreeOSMemory()
 		}
-		st := serverStats{RSS: rss(), Goroutines: runtime.NumGoroutine()}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		st := serverStats{RSS: rss(), Heap: int64(ms.HeapInuse), Goroutines: runtime.NumGoroutine()}
 		if bridge != nil {
 			h := bridge.Health()
 			st.Commits, st.Appended, st.Delivered, st.Clients = h.Commits, h.Appended, h.Bridge.Delivered, h.Clients
