@@ -70,20 +70,30 @@ func (w wire) devices(prefix string, n int, online bool, h paho.MessageHandler) 
 	return cs, closeAll, nil
 }
 
+// pairs connects n receivers r0..rN-1, whose handler gets their online or
+// inbox messages, and n senders s0..sN-1; stop disconnects them all.
+func (w wire) pairs(n int, online bool, h paho.MessageHandler) (senders []paho.Client, stop func(), err error) {
+	_, closeR, err := w.devices("r", n, online, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	senders, closeS, err := w.devices("s", n, online, nil)
+	if err != nil {
+		closeR()
+		return nil, nil, err
+	}
+	return senders, func() { closeS(); closeR() }, nil
+}
+
 // onlineLatency sends online-only messages between pairs at a paced total
 // rate and records the one-way latency of each delivery.
 func onlineLatency(w wire, s sizes) (*latencies, int64, error) {
 	lat := &latencies{}
-	_, closeR, err := w.devices("r", s.latencyPairs, true, func(_ paho.Client, m paho.Message) { lat.record(m.Payload()) })
+	senders, stop, err := w.pairs(s.latencyPairs, true, func(_ paho.Client, m paho.Message) { lat.record(m.Payload()) })
 	if err != nil {
 		return nil, 0, err
 	}
-	defer closeR()
-	senders, closeS, err := w.devices("s", s.latencyPairs, true, nil)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer closeS()
+	defer stop()
 	var sent atomic.Int64
 	interval := time.Duration(float64(time.Second) * float64(s.latencyPairs) / float64(s.latencyRate))
 	deadline := time.Now().Add(s.duration)
@@ -113,19 +123,14 @@ func onlineLatency(w wire, s sizes) (*latencies, int64, error) {
 func onlineThroughput(w wire, s sizes) (perSec, ratio float64, err error) {
 	var got atomic.Int64
 	var last atomic.Int64
-	_, closeR, err := w.devices("r", s.tputPairs, true, func(paho.Client, paho.Message) {
+	senders, stop, err := w.pairs(s.tputPairs, true, func(paho.Client, paho.Message) {
 		got.Add(1)
 		last.Store(time.Now().UnixNano())
 	})
 	if err != nil {
 		return 0, 0, err
 	}
-	defer closeR()
-	senders, closeS, err := w.devices("s", s.tputPairs, true, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer closeS()
+	defer stop()
 	var sent atomic.Int64
 	start := time.Now()
 	deadline := start.Add(s.duration)
@@ -154,16 +159,11 @@ func onlineThroughput(w wire, s sizes) (perSec, ratio float64, err error) {
 // PUBACK; receivers are connected. It returns messages per second and the
 // PUBACK latencies.
 func stored(w wire, s sizes, n int) (float64, *latencies, error) {
-	_, closeR, err := w.devices("r", n, false, func(paho.Client, paho.Message) {})
+	senders, stop, err := w.pairs(n, false, func(paho.Client, paho.Message) {})
 	if err != nil {
 		return 0, nil, err
 	}
-	defer closeR()
-	senders, closeS, err := w.devices("s", n, false, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer closeS()
+	defer stop()
 	acks := &latencies{}
 	var count atomic.Int64
 	deadline := time.Now().Add(s.duration)
