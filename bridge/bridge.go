@@ -49,8 +49,8 @@ type Bridge struct {
 
 // counters are the bridge's statistics; see Stats.
 type counters struct {
-	stored, duplicates, delivered, offline, onlineDropped, rejected, storeErrors atomic.Int64
-	queueDrops, authFailures, shed, connectsLimited, pruned                      atomic.Int64
+	stored, duplicates, delivered, offline, onlineDropped, storeErrors atomic.Int64
+	queueDrops, authFailures, shed, connectsLimited, pruned            atomic.Int64
 }
 
 // Stats are counts since Open.
@@ -173,7 +173,7 @@ func (b *Bridge) Stats() Stats {
 	c := &b.stats
 	return Stats{
 		Stored: c.stored.Load(), Duplicates: c.duplicates.Load(), Delivered: c.delivered.Load(),
-		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: c.rejected.Load(),
+		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: b.rejectedTotal(),
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
 		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(), Pruned: c.pruned.Load(),
 	}
@@ -189,9 +189,16 @@ func (b *Bridge) Rejected() map[protocol.ErrorCode]int64 {
 	return out
 }
 
+// rejectedTotal sums the refusals of all codes.
+func (b *Bridge) rejectedTotal() (n int64) {
+	for _, v := range b.Rejected() {
+		n += v
+	}
+	return n
+}
+
 // reject counts a request refused with code.
 func (b *Bridge) reject(code protocol.ErrorCode) {
-	b.stats.rejected.Add(1)
 	v, ok := b.rejectedBy.Load(code)
 	if !ok {
 		v, _ = b.rejectedBy.LoadOrStore(code, new(atomic.Int64))

@@ -91,7 +91,6 @@ func cdfPlot(path, title string, series map[string][]time.Duration) error {
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
-	i := 0
 	for _, name := range []string{kindBare, kindBridge} {
 		sorted := series[name]
 		if len(sorted) == 0 {
@@ -108,7 +107,6 @@ func cdfPlot(path, title string, series map[string][]time.Duration) error {
 			return err
 		}
 		line.Width = vg.Points(2)
-		line.Color = plotter.DefaultLineStyle.Color
 		if name == kindBridge {
 			line.Color = plotColor(0)
 		} else {
@@ -116,7 +114,6 @@ func cdfPlot(path, title string, series map[string][]time.Duration) error {
 		}
 		p.Add(line)
 		p.Legend.Add(name, line)
-		i++
 	}
 	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
 }

@@ -65,64 +65,47 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("mqttd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	str := func(p *string, name, env, def, usage string) {
-		fs.StringVar(p, name, envOr(env, def), usage+" (env "+env+")")
-	}
-	str(&o.mqtt, "mqtt", "MQTTD_MQTT", ":1883", "MQTT over TCP listen address; empty disables")
-	str(&o.ws, "ws", "MQTTD_WS", ":8083", "MQTT over WebSocket listen address; empty disables")
-	str(&o.http, "http", "MQTTD_HTTP", ":8080", "HTTP API listen address; empty disables")
-	str(&o.mqtts, "mqtts", "MQTTD_MQTTS", "", "MQTT over TLS listen address, e.g. :8883; needs -tls-cert and -tls-key")
-	str(&o.wss, "wss", "MQTTD_WSS", "", "MQTT over WebSocket with TLS listen address, e.g. :8084; needs -tls-cert and -tls-key")
-	str(&o.tlsCert, "tls-cert", "MQTTD_TLS_CERT", "", "PEM certificate (chain) file for -mqtts and -wss")
-	str(&o.tlsKey, "tls-key", "MQTTD_TLS_KEY", "", "PEM private key file for -mqtts and -wss")
-	str(&o.data, "data", "MQTTD_DATA", "./data", "data directory: history.db and the generated secret")
-	str(&o.secret, "secret", "MQTTD_SECRET", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
-	str(&o.logLevel, "log", "MQTTD_LOG", "info", "log level: debug, info, warn, error")
-	str(&o.demo, "demo", "MQTTD_DEMO", "", "serve this directory at /demo/ (the browser demo: examples/browser, after npm ci there)")
+	fs.StringVar(&o.mqtt, "mqtt", ":1883", "MQTT over TCP listen address; empty disables")
+	fs.StringVar(&o.ws, "ws", ":8083", "MQTT over WebSocket listen address; empty disables")
+	fs.StringVar(&o.http, "http", ":8080", "HTTP API listen address; empty disables")
+	fs.StringVar(&o.mqtts, "mqtts", "", "MQTT over TLS listen address, e.g. :8883; needs -tls-cert and -tls-key")
+	fs.StringVar(&o.wss, "wss", "", "MQTT over WebSocket with TLS listen address, e.g. :8084; needs -tls-cert and -tls-key")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain) file for -mqtts and -wss")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for -mqtts and -wss")
+	fs.StringVar(&o.data, "data", "./data", "data directory: history.db and the generated secret")
+	fs.StringVar(&o.secret, "secret", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
+	fs.StringVar(&o.logLevel, "log", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.demo, "demo", "", "serve this directory at /demo/ (the browser demo: examples/browser, after npm ci there)")
+	fs.IntVar(&o.maxPayload, "max-payload", 64<<10, "largest send/history/sync request payload, bytes")
+	fs.IntVar(&o.maxPending, "max-pending", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
+	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")
+	fs.IntVar(&o.limits.MaxDevicesPerUser, "max-devices", 10, "sessions (connected or persistent) per user")
+	fs.Float64Var(&o.limits.ConnectRatePerIP, "connect-rate-ip", 20, "CONNECT attempts per second per IP, bursts of 50; -1: no limit")
+	fs.Float64Var(&o.limits.ConnectRatePerUser, "connect-rate-user", 5, "CONNECT attempts per second per user, bursts of 10; -1: no limit")
+	fs.Float64Var(&o.limits.SendRate, "send-rate", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
+	fs.DurationVar(&o.retentionAge, "retention-age", 0, "prune stored messages older than this, per conversation; 0 keeps them")
+	fs.IntVar(&o.retentionCount, "retention-count", 0, "keep only the newest N stored messages of each conversation; 0 keeps all")
+	fs.DurationVar(&o.sessionExpiry, "session-expiry", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
+
+	// Every flag -some-name has the environment variable MQTTD_SOME_NAME,
+	// read through the flag's own parser; the command line wins over it.
 	var errs []error
-	num := func(p *int, name, env string, def int, usage string) {
-		v := def
-		if s, ok := os.LookupEnv(env); ok {
-			if _, err := fmt.Sscan(s, &v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not a number", env, s))
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		f.Usage += " (env " + env + ")"
+		if v, ok := os.LookupEnv(env); ok {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
 			}
 		}
-		fs.IntVar(p, name, v, usage+" (env "+env+")")
-	}
-	dur := func(p *time.Duration, name, env string, def time.Duration, usage string) {
-		v := def
-		if s, ok := os.LookupEnv(env); ok {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, s, err))
-			}
-			v = d
-		}
-		fs.DurationVar(p, name, v, usage+" (env "+env+")")
-	}
-	num(&o.maxPayload, "max-payload", "MQTTD_MAX_PAYLOAD", 64<<10, "largest send/history/sync request payload, bytes")
-	num(&o.maxPending, "max-pending", "MQTTD_MAX_PENDING", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
-	num(&o.maxInflight, "max-inflight", "MQTTD_MAX_INFLIGHT", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")
-	num(&o.limits.MaxDevicesPerUser, "max-devices", "MQTTD_MAX_DEVICES", 10, "sessions (connected or persistent) per user")
-	flt := func(p *float64, name, env string, def float64, usage string) {
-		v := def
-		if s, ok := os.LookupEnv(env); ok {
-			if _, err := fmt.Sscan(s, &v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not a number", env, s))
-			}
-		}
-		fs.Float64Var(p, name, v, usage+" (env "+env+")")
-	}
-	flt(&o.limits.ConnectRatePerIP, "connect-rate-ip", "MQTTD_CONNECT_RATE_IP", 20, "CONNECT attempts per second per IP, bursts of 50; -1: no limit")
-	flt(&o.limits.ConnectRatePerUser, "connect-rate-user", "MQTTD_CONNECT_RATE_USER", 5, "CONNECT attempts per second per user, bursts of 10; -1: no limit")
-	flt(&o.limits.SendRate, "send-rate", "MQTTD_SEND_RATE", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
-	dur(&o.retentionAge, "retention-age", "MQTTD_RETENTION_AGE", 0, "prune stored messages older than this, per conversation; 0 keeps them")
-	num(&o.retentionCount, "retention-count", "MQTTD_RETENTION_COUNT", 0, "keep only the newest N stored messages of each conversation; 0 keeps all")
-	dur(&o.sessionExpiry, "session-expiry", "MQTTD_SESSION_EXPIRY", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
-	dur(&o.shutdownTimeout, "shutdown-timeout", "MQTTD_SHUTDOWN_TIMEOUT", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
+	})
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: mqttd [flags]\n       mqttd token [-ttl 24h] [-admin] USER\n\nFlags:")
 		fs.PrintDefaults()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return o, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -130,7 +113,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (did you mean mqttd token?)", fs.Arg(0))
 	}
-	return o, errors.Join(errs...)
+	return o, nil
+}
+
+// envName returns the environment variable of a flag: -max-payload is
+// MQTTD_MAX_PAYLOAD.
+func envName(flagName string) string {
+	return "MQTTD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -234,8 +223,8 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
 	admin := fs.Bool("admin", false, "mint an admin token (HTTP send API as any user) instead of a user token")
-	data := fs.String("data", envOr("MQTTD_DATA", "./data"), "data directory holding the secret (env MQTTD_DATA)")
-	secretFlag := fs.String("secret", os.Getenv("MQTTD_SECRET"), "token secret (env MQTTD_SECRET); default: DATA/secret")
+	data := fs.String("data", envOr(envName("data"), "./data"), "data directory holding the secret (env MQTTD_DATA)")
+	secretFlag := fs.String("secret", os.Getenv(envName("secret")), "token secret (env MQTTD_SECRET); default: DATA/secret")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: mqttd token [-ttl 24h] [-admin] USER\n\nFlags:")
 		fs.PrintDefaults()

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -9,35 +10,23 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/bridge"
 )
 
 // connectPacket builds a valid CONNECT of MQTT version 4 or 5 for user with
-// token.
+// token, with mochi's own encoder.
 func connectPacket(version byte, user, token string) []byte {
-	str := func(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
-	b := append(str("MQTT"), version, 0xc2, 0, 30)
-	if version == 5 {
-		b = append(b, 0)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "fuzz",
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(token)}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		panic(err)
 	}
-	b = append(b, str("fuzz")...)
-	b = append(b, str(user)...)
-	b = append(b, str(token)...)
-	out := []byte{0x10}
-	for n := len(b); ; {
-		c := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			c |= 0x80
-		}
-		out = append(out, c)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, b...)
+	return buf.Bytes()
 }
 
 // FuzzPacketDispatch feeds arbitrary packets, after a valid CONNECT, to a
