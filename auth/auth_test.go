@@ -68,3 +68,32 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestReason(t *testing.T) {
+	secret := []byte("0123456789abcdef0123")
+	v, err := NewVerifier(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := Mint(secret, "alice", time.Hour)
+	other, _ := Mint([]byte("another secret of 20b"), "alice", time.Hour)
+	expired, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{Subject: "alice",
+		ExpiresAt: jwt.NewNumericDate(time.Now().Add(-time.Hour))}).SignedString(secret)
+	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{Subject: "alice"}).SignedString(secret)
+	for _, tc := range []struct{ token, want string }{
+		{good, ""},
+		{other, "token signature invalid (signed with another secret?)"},
+		{expired, "token expired"},
+		{noExp, "token lacks a required claim (exp)"},
+		{"not.a.jwt", "token malformed"},
+		{"", "token malformed"},
+	} {
+		_, err := v.Verify(tc.token)
+		if got := Reason(err); got != tc.want {
+			t.Errorf("Reason(Verify(%.20q)) = %q (error %v), want %q", tc.token, got, err, tc.want)
+		}
+		if strings.Contains(Reason(err), string(secret)) {
+			t.Fatal("reason leaks the secret")
+		}
+	}
+}

@@ -36,7 +36,8 @@ func maySubscribe(user, filter string) bool {
 		return true
 	}
 	rest, ok := strings.CutPrefix(filter, protocol.ReplyTopic(user)+"/")
-	return ok && rest != "" && validClientID(rest)
+	return ok && rest != "" && len(filter) <= protocol.MaxTopicLen &&
+		strings.Count(rest, "/") < protocol.MaxReplyLevels && validClientID(rest)
 }
 
 // mayReceive reports whether a delivery on topic may go to user's device:
@@ -52,12 +53,34 @@ func mayReceive(user, topic string) bool {
 // OnACLCheck decides publishes (write) and, for reads, deliveries and the
 // subscription filters that OnSubscribe let through. Deliveries, checked
 // once per message and device, take the allocation-free path first.
+//
+// A stored-message delivery that would take the session over
+// Config.MaxSessionBytes is refused here too (mochi then skips that one
+// device): the fan-out goroutine is the only publisher to inbox topics, and
+// it sets fanoutSize to the payload size before each publish.
 func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	user := userOf(cl)
 	if write {
 		return mayPublish(user, topic)
 	}
-	return mayReceive(user, topic) || maySubscribe(user, topic)
+	if !mayReceive(user, topic) {
+		return maySubscribe(user, topic)
+	}
+	if len(topic) < 6 || topic[len(topic)-6:] != "/inbox" {
+		return true
+	}
+	d := b.deviceOf(cl)
+	if d == nil || d.subscribing.Load() {
+		return true // a SUBSCRIBE's filter, not a delivery
+	}
+	if size := b.fanoutSize.Load(); d.held.Load()+size > b.cfg.MaxSessionBytes {
+		d.reconcile(cl) // mochi may have rolled back deliveries without a hook
+		if d.held.Load()+size > b.cfg.MaxSessionBytes {
+			b.stats.budgetDrops.Add(1)
+			return false
+		}
+	}
+	return true
 }
 
 // OnSubscribe refuses, filter by filter, what maySubscribe does not allow,
@@ -65,8 +88,15 @@ func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // where filters are told apart from topic names, is what keeps a plain
 // "users/U/online" subscription out: it would get every online-only message,
 // not one device's share.
+//
+// OnSubscribe also works around mochi v2.7.9 answering 0x91 (packet
+// identifier in use) when a SUBSCRIBE's packet id equals that of a delivery
+// in flight to the client (the two directions' ids are separate spaces in
+// MQTT): it renumbers such a SUBSCRIBE to id 0, which no delivery uses, and
+// OnPacketEncode puts the client's id back on the SUBACK.
 func (b *Bridge) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	user := userOf(cl)
+	b.renumber(cl, &pk)
 	held := cl.State.Subscriptions.Len()
 	for i := range pk.Filters {
 		f := pk.Filters[i].Filter
@@ -83,5 +113,41 @@ func (b *Bridge) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 		}
 	}
 	b.touch(cl.ID)
+	if d := b.deviceOf(cl); d != nil {
+		d.subscribing.Store(true) // until OnSubscribed
+	}
 	return pk
+}
+
+// OnUnsubscribe lets a session unsubscribe only filters it holds: any other
+// filter is answered 0x11 (no subscription existed), whoever else holds it,
+// so that UNSUBSCRIBE tells nothing about other sessions and no counter
+// moves. A filter the session does not hold costs mochi no topic-index walk.
+func (b *Bridge) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	b.renumber(cl, &pk)
+	for i := range pk.Filters {
+		if _, held := cl.State.Subscriptions.Get(pk.Filters[i].Filter); !held {
+			pk.Filters[i].Filter = deniedFilter
+		}
+	}
+	return pk
+}
+
+// renumber gives a SUBSCRIBE or UNSUBSCRIBE whose packet id mochi would take
+// for one in use (see OnSubscribe) the id 0, remembering the client's.
+func (b *Bridge) renumber(cl *mqtt.Client, pk *packets.Packet) {
+	if _, clash := cl.State.Inflight.Get(pk.PacketID); !clash {
+		return
+	}
+	if d := b.deviceOf(cl); d != nil {
+		d.subackID.Store(uint32(pk.PacketID) + 1)
+		pk.PacketID = 0
+	}
+}
+
+// OnSubscribed ends what OnSubscribe started.
+func (b *Bridge) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if d := b.deviceOf(cl); d != nil {
+		d.subscribing.Store(false)
+	}
 }

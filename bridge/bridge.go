@@ -31,14 +31,20 @@ type Bridge struct {
 	sessions sessions // per user, the entries of devices
 
 	connectIP, connectUser, sends *buckets // nil: no limit
+	authFails                     *buckets // failed logins per IP (or IPv6 /64)
+	queries                       *buckets // history and sync requests per user
+	logs                          *limitedLog
 
 	pendingMu sync.Mutex              // guards pending
 	pending   map[string]*onlineRoute // online-only sends being published, by message id
 
 	onlineSeen *retryCache // ids of recent online-only sends
 
-	fanout     chan []storage.Appended // committed appends, in commit order
-	fanoutDone chan struct{}
+	fanout     fanoutQueue   // committed appends, in commit order
+	fanoutSize atomic.Int64  // payload size of the stored message being delivered; see OnACLCheck
+	fanoutDone chan struct{} // closed when runFanout has delivered everything and returned
+	closeOnce  sync.Once
+	closeErr   error
 
 	stopPrune chan struct{} // closed by Close; nil without retention
 	pruneDone chan struct{}
@@ -51,6 +57,7 @@ type Bridge struct {
 type counters struct {
 	stored, duplicates, delivered, offline, onlineDropped, storeErrors atomic.Int64
 	queueDrops, authFailures, shed, connectsLimited, pruned            atomic.Int64
+	budgetDrops, fanoutDrops, queriesLimited                           atomic.Int64
 }
 
 // Stats are counts since Open.
@@ -67,6 +74,9 @@ type Stats struct {
 	Shed            int64 `json:"shed"`            // sends refused by the per-user send rate
 	ConnectsLimited int64 `json:"connectsLimited"` // CONNECTs refused by rate or device limits
 	Pruned          int64 `json:"pruned"`          // messages removed by the retention
+	BudgetDrops     int64 `json:"budgetDrops"`     // deliveries skipped: the session held MaxSessionBytes
+	FanoutDrops     int64 `json:"fanoutDrops"`     // deliveries skipped: the fan-out queue was full
+	QueriesLimited  int64 `json:"queriesLimited"`  // history and sync requests refused by the per-user rate
 }
 
 // Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
@@ -97,12 +107,15 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		connectIP:   newBuckets(cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP),
 		connectUser: newBuckets(cfg.ConnectRatePerUser, cfg.ConnectBurstUser),
 		sends:       newBuckets(cfg.SendRate, cfg.SendBurst),
-		fanout:      make(chan []storage.Appended, 256),
+		authFails:   newBuckets(cfg.LoginFailureRatePerIP, cfg.LoginFailureBurstPerIP),
+		queries:     newBuckets(cfg.QueryRate, cfg.QueryBurst),
+		logs:        newLimitedLog(cfg.Logger),
+		fanout:      fanoutQueue{wake: make(chan struct{}, 1)},
 		fanoutDone:  make(chan struct{}),
 	}
 	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
 		LockTimeout: cfg.LockTimeout,
-		OnCommit:    func(a []storage.Appended) { b.fanout <- a },
+		OnCommit:    b.queueFanout,
 		Observe:     cfg.Observer.Commit,
 		Logger:      cfg.Logger,
 	})
@@ -144,25 +157,19 @@ func (b *Bridge) runPrune() {
 
 // Close commits the sends already queued, delivers them, and closes the
 // history file. Call it after the mochi server has stopped; it blocks until
-// done. Later calls return nil.
+// done. It is safe to call more than once and from several goroutines: every
+// call waits for the first and returns its error.
 func (b *Bridge) Close() error {
-	if b.stopPrune != nil {
-		select {
-		case <-b.stopPrune:
-		default:
+	b.closeOnce.Do(func() {
+		if b.stopPrune != nil {
 			close(b.stopPrune)
+			<-b.pruneDone
 		}
-		<-b.pruneDone
-	}
-	err := b.store.Close()
-	select {
-	case <-b.fanoutDone:
-		return err
-	default:
-	}
-	close(b.fanout)
-	<-b.fanoutDone
-	return err
+		b.closeErr = b.store.Close()
+		b.fanout.close()
+		<-b.fanoutDone
+	})
+	return b.closeErr
 }
 
 // Epoch returns the identity of the history file (see storage.Store.Epoch).
@@ -176,6 +183,7 @@ func (b *Bridge) Stats() Stats {
 		Offline: c.offline.Load(), OnlineDropped: c.onlineDropped.Load(), Rejected: b.rejectedTotal(),
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
 		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(), Pruned: c.pruned.Load(),
+		BudgetDrops: c.budgetDrops.Load(), FanoutDrops: c.fanoutDrops.Load(), QueriesLimited: c.queriesLimited.Load(),
 	}
 }
 
@@ -218,50 +226,87 @@ func (b *Bridge) Provides(event byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired,
 		mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPublishDropped,
-		mqtt.OnPacketEncode, mqtt.OnPacketRead,
+		mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnSubscribed, mqtt.OnUnsubscribe,
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
 	}, []byte{event})
 }
 
 // OnPacketEncode gives an MQTT 5 PUBACK of reason 0x10 (receiver offline) a
 // reason string: mochi writes a success-class reason code only when the
 // PUBACK has properties, and would otherwise send plain success.
+//
+// It also puts a client's own packet id back on a SUBACK or UNSUBACK that
+// OnSubscribe renumbered, and keeps mochi from writing a DISCONNECT to an
+// MQTT 3.1.1 client, which that version does not allow from a server
+// (mochi then just closes the connection): a packet over Mods.MaxSize is
+// not written.
 func (b *Bridge) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Puback && pk.ReasonCode == codeNoSubscribers.Code {
-		pk.Properties.ReasonString = codeNoSubscribers.Reason
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		if pk.ReasonCode == codeNoSubscribers.Code {
+			pk.Properties.ReasonString = codeNoSubscribers.Reason
+		}
+	case packets.Suback, packets.Unsuback:
+		if pk.PacketID == 0 {
+			if d := b.deviceOf(cl); d != nil {
+				if id := d.subackID.Swap(0); id != 0 {
+					pk.PacketID = uint16(id - 1)
+				}
+			}
+		}
+	case packets.Disconnect:
+		if cl.Properties.ProtocolVersion < 5 {
+			pk.Mods.MaxSize = 1
+		}
 	}
 	return pk
 }
 
 // OnConnect authenticates a CONNECT: the username must be a user ID and the
 // password a valid user token for it. A refused client gets CONNACK "not
-// authorized" and no session. An accepted one has its client ID moved into
-// its user's namespace and its will discarded.
+// authorized" (MQTT 5: with the reason, such as "token expired") and no
+// session. An accepted one has its client ID moved into its user's namespace,
+// its will discarded, and its session counted against the user's device
+// limit at once, so that simultaneous CONNECTs cannot exceed it.
+//
+// The order of the checks keeps anyone from locking a user out: the per-IP
+// CONNECT rate first, then the IP's budget of failed logins, then the token,
+// and only then the user's own CONNECT rate, which so only the holder of a
+// valid token can spend. Usernames that are not user IDs create no state.
 func (b *Bridge) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	user := string(pk.Connect.Username)
-	if !b.connectIP.allow(hostOf(cl.Net.Remote)) || !b.connectUser.allow(user) {
-		return b.refuseLimited(cl, "connection rate limit", user)
+	ip := ipKey(cl.Net.Remote)
+	if !b.connectIP.allow(ip) {
+		return b.refuseLimited(cl, "connection rate limit", logName(pk.Connect.Username))
 	}
+	if b.authFails.exhausted(ip) {
+		return b.refuseLimited(cl, "too many failed logins from this address", logName(pk.Connect.Username))
+	}
+	user := string(pk.Connect.Username)
 	reason := ""
 	if !pk.Connect.UsernameFlag || !protocol.ValidUserID(user) {
 		reason = "username is not a user ID"
 	} else if c, err := b.verifier.Verify(string(pk.Connect.Password)); err != nil {
-		reason = err.Error()
+		reason = auth.Reason(err)
 	} else if c.Admin || c.Subject != user {
 		reason = "token is not for this user"
 	}
 	if reason != "" {
 		b.stats.authFailures.Add(1)
-		b.log.Info("connection refused", "remote", cl.Net.Remote, "username", user, "reason", reason)
-		code := packets.ErrNotAuthorized // 0x87
+		b.authFails.allow(ip)
+		b.logs.info("connection refused", "remote", cl.Net.Remote, "username", logName(pk.Connect.Username), "reason", reason)
+		code := packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "not authorized: " + reason} // 0x87
 		if cl.Properties.ProtocolVersion < 5 {
 			code = packets.ErrBadUsernameOrPassword // mochi sends MQTT 3.1.1 return code 5, not authorized
 		}
 		_ = b.srv.SendConnack(cl, code, false, nil)
 		return code
 	}
+	if !b.connectUser.allow(user) {
+		return b.refuseLimited(cl, "connection rate limit", user)
+	}
 	cl.ID = user + "/" + cl.ID
 	cl.Properties.Will = mqtt.Will{}
-	if _, resumes := b.devices.Load(cl.ID); !resumes && b.sessions.count(user) >= b.cfg.MaxDevicesPerUser {
+	if !b.register(cl, user, pk.Connect.Clean) {
 		return b.refuseLimited(cl, "device limit", user)
 	}
 	return nil
@@ -272,10 +317,10 @@ func (b *Bridge) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // (server unavailable).
 func (b *Bridge) refuseLimited(cl *mqtt.Client, why, user string) error {
 	b.stats.connectsLimited.Add(1)
-	b.log.Info("connection refused", "remote", cl.Net.Remote, "username", user, "reason", why)
-	code := packets.ErrQuotaExceeded
-	if why == "connection rate limit" {
-		code = packets.ErrConnectionRateExceeded
+	b.logs.info("connection refused", "remote", cl.Net.Remote, "username", user, "reason", why)
+	code := packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: why}
+	if why != "device limit" {
+		code.Code = packets.ErrConnectionRateExceeded.Code
 	}
 	if cl.Properties.ProtocolVersion < 5 {
 		code = packets.ErrServerUnavailable
@@ -289,13 +334,8 @@ func (b *Bridge) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool 
 	return userOf(cl) != ""
 }
 
-// OnSessionEstablished registers the device and logs the connection.
+// OnSessionEstablished logs the connection.
 func (b *Bridge) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	d := &device{client: cl}
-	d.lastActive.Store(time.Now().UnixNano())
-	if _, resumed := b.devices.Swap(cl.ID, d); !resumed {
-		b.sessions.add(userOf(cl), 1)
-	}
 	b.log.Info("device connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener,
 		"protocol", cl.Properties.ProtocolVersion, "clean", pk.Connect.Clean)
 }
@@ -323,6 +363,7 @@ func (b *Bridge) OnClientExpired(cl *mqtt.Client) {
 // queue was full, and marks an online-only send as not delivered.
 func (b *Bridge) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	b.stats.queueDrops.Add(1)
+
 	b.log.Debug("delivery dropped: device write queue full", "client", cl.ID, "topic", pk.TopicName)
 	if _, kind := protocol.ParseTopic(pk.TopicName); kind == protocol.TopicOnline {
 		b.markRoute(pk.Payload, func(r *onlineRoute) { r.dropped = true })
@@ -357,23 +398,94 @@ func (b *Bridge) publish(topic string, payload []byte, qos byte, props packets.P
 	})
 }
 
+// maxFanoutQueue bounds the committed messages waiting for their delivery
+// (each holds its encoded JSON, at most MaxPayload plus a few hundred bytes).
+// The history writer never waits for the fan-out: a commit that finds the
+// queue full is not delivered live, and is counted (FanoutDrops); the
+// devices see the hole in inboxSeq and fill it by sync.
+const maxFanoutQueue = 65536
+
+// fanoutQueue hands committed batches from the history writer to runFanout
+// without ever blocking the writer.
+type fanoutQueue struct {
+	mu      sync.Mutex // guards the fields below
+	batches [][]storage.Appended
+	n       int // messages in batches, at most maxFanoutQueue
+	closed  bool
+	wake    chan struct{} // 1-buffered: something was queued, or the queue closed
+}
+
+// queueFanout is the history's OnCommit: it queues a batch for delivery, or
+// drops it when the queue is full.
+func (b *Bridge) queueFanout(batch []storage.Appended) {
+	q := &b.fanout
+	q.mu.Lock()
+	full := q.n+len(batch) > maxFanoutQueue
+	if !full && !q.closed {
+		q.batches = append(q.batches, batch)
+		q.n += len(batch)
+	}
+	q.mu.Unlock()
+	if full {
+		b.stats.fanoutDrops.Add(int64(len(batch)))
+		b.logs.info("live delivery skipped: fan-out queue full; devices will sync", "messages", len(batch))
+		return
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *fanoutQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns everything queued, and whether the queue is closed.
+func (q *fanoutQueue) take() ([][]storage.Appended, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.batches
+	q.batches, q.n = nil, 0
+	return out, q.closed
+}
+
 // runFanout delivers committed messages to both users' inboxes, in commit
 // order, until Close.
 func (b *Bridge) runFanout() {
 	defer close(b.fanoutDone)
-	for batch := range b.fanout {
-		for _, a := range batch {
-			m := &a.Message
-			b.deliverStored(m.To, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq))
-			if m.From != m.To {
-				b.deliverStored(m.From, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq))
+	for range b.fanout.wake {
+		for {
+			batches, closed := b.fanout.take()
+			for _, batch := range batches {
+				for _, a := range batch {
+					m := &a.Message
+					b.deliverStored(m.To, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq))
+					if m.From != m.To {
+						b.deliverStored(m.From, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq))
+					}
+				}
+			}
+			if len(batches) == 0 {
+				if closed {
+					return
+				}
+				break
 			}
 		}
 	}
 }
 
 // deliverStored publishes an encoded stored message at QoS 1 to user's inbox.
+// Only runFanout calls it.
 func (b *Bridge) deliverStored(user, id string, payload []byte) {
+	b.fanoutSize.Store(int64(len(payload)))
 	if err := b.publish(protocol.InboxTopic(user), payload, 1, packets.Properties{}); err != nil {
 		b.log.Error("deliver stored message", "error", err, "id", id, "user", user)
 	}

@@ -27,6 +27,11 @@ type Config struct {
 	// remembered, so that a retry with the same id is not delivered twice.
 	// Default 2 minutes.
 	OnlineRetryWindow time.Duration
+	// SendTimeout bounds how long a send over MQTT waits for its commit
+	// (a hung disk): past it the sender gets error store_failed, and a retry
+	// with the same id is safe (the message may still be committed once).
+	// Default 10s.
+	SendTimeout time.Duration
 	// LockTimeout is how long Open waits for another process to release the
 	// history file. Default 2s.
 	LockTimeout time.Duration
@@ -63,13 +68,31 @@ type Limits struct {
 	// CONNECT beyond it is refused unless it resumes one of them. Default 10.
 	MaxDevicesPerUser int
 	// ConnectRatePerIP and ConnectRatePerUser limit CONNECT attempts (token
-	// buckets: so many per second, with bursts of ConnectBurst), which slows
-	// down credential guessing. Defaults 20/s per IP and 5/s per user, bursts
-	// of 50 and 10; -1 turns a limit off.
+	// buckets: so many per second, with bursts of ConnectBurst). The per-IP
+	// bucket (IPv6: per /64) is charged first; the per-user one only after
+	// the token was verified, so nobody can spend another user's. Defaults
+	// 20/s per IP and 5/s per user, bursts of 100 and 30 (a person scripting
+	// mosquitto_rr calls does not hit them); -1 turns a limit off.
 	ConnectRatePerIP   float64
 	ConnectBurstPerIP  int
 	ConnectRatePerUser float64
 	ConnectBurstUser   int
+	// LoginFailureRatePerIP and LoginFailureBurstPerIP bound failed logins
+	// (bad username or token) per IP (IPv6: per /64): after a burst of
+	// failures, CONNECTs from that address are refused before their token is
+	// looked at, until the bucket refills. Defaults 0.2/s (12 a minute) and
+	// 20; -1 turns it off.
+	LoginFailureRatePerIP  float64
+	LoginFailureBurstPerIP int
+	// QueryRate and QueryBurst limit each user's history and sync requests
+	// (MQTT and HTTP together). Defaults 20/s and 50; -1 turns it off.
+	QueryRate  float64
+	QueryBurst int
+	// MaxSessionBytes caps the payload bytes of the stored-message
+	// deliveries mochi holds for one session (in flight, or queued while the
+	// device is away): a delivery beyond it is skipped and counted, and the
+	// device fills the gap by sync. Default 8 MiB.
+	MaxSessionBytes int64
 	// SendRate limits each user's sends from devices and user tokens (not
 	// admin sends): so many per second, with bursts of SendBurst. When a
 	// user's bucket runs low, low-priority sends are refused first (below half
@@ -85,6 +108,8 @@ const (
 	DefaultMaxPageBytes      = 1 << 20
 	DefaultMaxSubscriptions  = 16
 	DefaultOnlineRetryWindow = 2 * time.Minute
+	DefaultMaxSessionBytes   = 8 << 20
+	DefaultSendTimeout       = 10 * time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -114,9 +139,17 @@ func (c Config) withDefaults() Config {
 			*r = 0 // off
 		}
 	}
-	defaultRate(&c.ConnectRatePerIP, &c.ConnectBurstPerIP, 20, 50)
-	defaultRate(&c.ConnectRatePerUser, &c.ConnectBurstUser, 5, 10)
+	defaultRate(&c.ConnectRatePerIP, &c.ConnectBurstPerIP, 20, 100)
+	defaultRate(&c.ConnectRatePerUser, &c.ConnectBurstUser, 5, 30)
+	defaultRate(&c.LoginFailureRatePerIP, &c.LoginFailureBurstPerIP, 0.2, 20)
 	defaultRate(&c.SendRate, &c.SendBurst, 50, 100)
+	defaultRate(&c.QueryRate, &c.QueryBurst, 20, 50)
+	if c.MaxSessionBytes == 0 {
+		c.MaxSessionBytes = DefaultMaxSessionBytes
+	}
+	if c.SendTimeout == 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
 	if c.OnlineRetryWindow == 0 {
 		c.OnlineRetryWindow = DefaultOnlineRetryWindow
 	}
@@ -138,11 +171,13 @@ func (c Config) validate() error {
 		return fmt.Errorf("bridge: Config.MaxPageBytes %d is below MaxPayload %d", c.MaxPageBytes, c.MaxPayload)
 	case c.MaxDevicesPerUser < 1:
 		return fmt.Errorf("bridge: Config.MaxDevicesPerUser %d is below 1", c.MaxDevicesPerUser)
-	case c.ConnectBurstPerIP < 1 || c.ConnectBurstUser < 1 || c.SendBurst < 1:
+	case c.ConnectBurstPerIP < 1 || c.ConnectBurstUser < 1 || c.SendBurst < 1 || c.LoginFailureBurstPerIP < 1 || c.QueryBurst < 1:
 		return fmt.Errorf("bridge: bursts must be at least 1")
 	case c.MaxSubscriptions < 3:
 		return fmt.Errorf("bridge: Config.MaxSubscriptions %d is below the 3 a device needs", c.MaxSubscriptions)
-	case c.OnlineRetryWindow < 0 || c.LockTimeout < 0:
+	case c.MaxSessionBytes < int64(c.MaxPayload):
+		return fmt.Errorf("bridge: Config.MaxSessionBytes %d is below MaxPayload %d", c.MaxSessionBytes, c.MaxPayload)
+	case c.OnlineRetryWindow < 0 || c.LockTimeout < 0 || c.SendTimeout < 0:
 		return fmt.Errorf("bridge: negative duration in Config")
 	}
 	return nil

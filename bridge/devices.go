@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,121 @@ import (
 type device struct {
 	client     *mqtt.Client // the client that opened the session; compared on forget
 	lastActive atomic.Int64 // Unix ns of the last connect, subscribe or publish
+	// held is the payload bytes of the QoS 1 deliveries mochi holds for the
+	// session (in flight to a connected device, or queued for a disconnected
+	// one), at most Config.MaxSessionBytes plus one message: a delivery that
+	// would exceed it is skipped and counted, and the device fills the gap by
+	// sync. held is the sum of heldBy; both carry over when the session is
+	// resumed.
+	held   atomic.Int64
+	heldMu sync.Mutex       // guards heldBy
+	heldBy map[uint16]int64 // payload bytes by packet id of what mochi holds in flight
+	// subscribing is true while mochi handles a SUBSCRIBE of this device:
+	// OnACLCheck then checks filters, not deliveries.
+	subscribing atomic.Bool
+	// subackID is the packet id of a SUBSCRIBE or UNSUBSCRIBE being answered,
+	// plus one, while the bridge has renumbered it (see OnSubscribe); 0
+	// otherwise. Only the client's read loop writes it.
+	subackID atomic.Uint32
+}
+
+// register records the device of an accepted CONNECT. A CONNECT that resumes
+// or takes over a session keeps that session's place and counts; a new
+// session takes a place among the user's MaxDevicesPerUser, or register
+// returns false. clean is the CONNECT's clean start: mochi then discards
+// what the old session held.
+func (b *Bridge) register(cl *mqtt.Client, user string, clean bool) bool {
+	d := &device{client: cl}
+	d.lastActive.Store(time.Now().UnixNano())
+	for {
+		prev, resumes := b.devices.Load(cl.ID)
+		if resumes {
+			if !clean {
+				d.takeHeld(prev.(*device))
+			}
+			if b.devices.CompareAndSwap(cl.ID, prev, d) {
+				return true
+			}
+			continue
+		}
+		if !b.sessions.tryAdd(user, b.cfg.MaxDevicesPerUser) {
+			return false
+		}
+		if _, raced := b.devices.LoadOrStore(cl.ID, d); !raced {
+			return true
+		}
+		b.sessions.remove(user) // a simultaneous CONNECT with this client ID won: resume it
+	}
+}
+
+// takeHeld moves what prev held in flight to d, which replaces it.
+func (d *device) takeHeld(prev *device) {
+	prev.heldMu.Lock()
+	d.heldBy, prev.heldBy = prev.heldBy, nil
+	d.held.Store(prev.held.Swap(0))
+	prev.heldMu.Unlock()
+}
+
+// hold records n payload bytes held in flight under packet id.
+func (d *device) hold(id uint16, n int64) {
+	d.heldMu.Lock()
+	defer d.heldMu.Unlock()
+	if d.heldBy == nil {
+		d.heldBy = make(map[uint16]int64)
+	}
+	d.held.Add(n - d.heldBy[id])
+	d.heldBy[id] = n
+}
+
+// release forgets what was held under packet id.
+func (d *device) release(id uint16) {
+	d.heldMu.Lock()
+	defer d.heldMu.Unlock()
+	d.held.Add(-d.heldBy[id])
+	delete(d.heldBy, id)
+}
+
+// reconcile forgets the packet ids that mochi no longer holds for cl: mochi
+// rolls back a delivery dropped on a full write queue without a hook that
+// names its packet id.
+func (d *device) reconcile(cl *mqtt.Client) {
+	d.heldMu.Lock()
+	defer d.heldMu.Unlock()
+	for id, n := range d.heldBy {
+		if _, ok := cl.State.Inflight.Get(id); !ok {
+			d.held.Add(-n)
+			delete(d.heldBy, id)
+		}
+	}
+}
+
+// deviceOf returns the device entry of cl, nil if it has none.
+func (b *Bridge) deviceOf(cl *mqtt.Client) *device {
+	if d, ok := b.devices.Load(cl.ID); ok {
+		return d.(*device)
+	}
+	return nil
+}
+
+// OnQosPublish counts a QoS 1 delivery mochi now holds for the session.
+func (b *Bridge) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if d := b.deviceOf(cl); d != nil && pk.FixedHeader.Type == packets.Publish {
+		d.hold(pk.PacketID, int64(len(pk.Payload)))
+	}
+}
+
+// OnQosComplete forgets a delivery the device acknowledged.
+func (b *Bridge) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if d := b.deviceOf(cl); d != nil {
+		d.release(pk.PacketID)
+	}
+}
+
+// OnQosDropped forgets a delivery mochi gave up.
+func (b *Bridge) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if d := b.deviceOf(cl); d != nil {
+		d.release(pk.PacketID)
+	}
 }
 
 // touch records activity of the device with this client ID.
@@ -29,7 +145,7 @@ func (b *Bridge) touch(clientID string) {
 func (b *Bridge) forget(cl *mqtt.Client) {
 	if d, ok := b.devices.Load(cl.ID); ok && d.(*device).client == cl {
 		if b.devices.CompareAndDelete(cl.ID, d) {
-			b.sessions.add(userOf(cl), -1)
+			b.sessions.remove(userOf(cl))
 		}
 	}
 }
@@ -123,6 +239,10 @@ type retryCache struct {
 	window time.Duration
 	max    int
 
+	// keys serialises the sends of one key (by hash), so that two sends with
+	// the same (sender, id) at once are routed once: see once.
+	keys [64]sync.Mutex
+
 	mu      sync.Mutex // guards the fields below
 	rotated time.Time
 	cur     map[string]protocol.Receipt
@@ -138,6 +258,22 @@ func (c *retryCache) rotate(now time.Time) {
 	if now.Sub(c.rotated) >= c.window || len(c.cur) >= c.max {
 		c.prev, c.cur, c.rotated = c.cur, make(map[string]protocol.Receipt), now
 	}
+}
+
+// once returns the receipt remembered for key, with dup true, or else runs
+// route and remembers its receipt. Sends of the same key wait for each other.
+func (c *retryCache) once(key string, route func() protocol.Receipt) (r protocol.Receipt, dup bool) {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	mu := &c.keys[h.Sum32()%uint32(len(c.keys))]
+	mu.Lock()
+	defer mu.Unlock()
+	if r, ok := c.get(key); ok {
+		return r, true
+	}
+	r = route()
+	c.put(key, r)
+	return r, false
 }
 
 func (c *retryCache) get(key string) (protocol.Receipt, bool) {

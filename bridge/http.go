@@ -25,21 +25,38 @@ func (b *Bridge) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/history", b.serveHistory)
 	mux.HandleFunc("GET /v1/sync", b.serveSync)
 	mux.HandleFunc("POST /v1/messages", b.serveSend)
+	for path, allow := range map[string]string{"/v1/history": "GET", "/v1/sync": "GET", "/v1/messages": "POST"} {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{&protocol.Error{Code: protocol.CodeMethodNotAllowed, Message: r.Method + " is not allowed here; use " + allow}})
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, errorBody{&protocol.Error{Code: protocol.CodeNotFound, Message: "no such endpoint: " + r.URL.Path}})
+	})
 	return mux
+}
+
+// errorBody is the JSON of an HTTP error answer.
+type errorBody struct {
+	Error *protocol.Error `json:"error"`
 }
 
 // authorize returns the verified claims of the request's bearer token, or
 // writes a 401 and returns false.
 func (b *Bridge) authorize(w http.ResponseWriter, r *http.Request) (auth.Claims, bool) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	reason := "no bearer token in the Authorization header"
 	if ok {
-		if c, err := b.verifier.Verify(strings.TrimSpace(token)); err == nil {
+		c, err := b.verifier.Verify(strings.TrimSpace(token))
+		if err == nil {
 			return c, true
 		}
+		reason = auth.Reason(err)
 	}
 	b.stats.authFailures.Add(1)
 	w.Header().Set("WWW-Authenticate", `Bearer realm="imbridge"`)
-	writeError(w, &protocol.Error{Code: protocol.CodeUnauthorized, Message: "a valid bearer token is required"})
+	writeError(w, &protocol.Error{Code: protocol.CodeUnauthorized, Message: "a valid bearer token is required: " + reason})
 	return auth.Claims{}, false
 }
 
@@ -86,6 +103,9 @@ func (b *Bridge) pageQuery(w http.ResponseWriter, r *http.Request, cursors map[s
 	if perr == nil {
 		perr = check()
 	}
+	if perr == nil && !b.allowQuery(user) {
+		perr = errQueryRate
+	}
 	if perr != nil {
 		writeError(w, perr)
 		return "", false
@@ -102,12 +122,13 @@ func (b *Bridge) serveSend(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(b.cfg.MaxPayload)))
 	if err != nil {
+		perr := &protocol.Error{Code: protocol.CodeBadJSON, Message: "reading body: " + err.Error()}
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			writeError(w, &protocol.Error{Code: protocol.CodeTooLarge, Message: "body is larger than the limit of " + strconv.Itoa(b.cfg.MaxPayload) + " bytes"})
-		} else {
-			writeError(w, &protocol.Error{Code: protocol.CodeBadJSON, Message: "reading body: " + err.Error()})
+			perr = &protocol.Error{Code: protocol.CodeTooLarge, Message: "body is larger than the limit of " + strconv.Itoa(b.cfg.MaxPayload) + " bytes"}
 		}
+		b.reject(perr.Code)
+		writeJSON(w, statusOf(perr), protocol.ErrorReceipt("", perr))
 		return
 	}
 	req, perr := protocol.DecodeSendRequest(body)
@@ -173,7 +194,11 @@ func statusOf(e *protocol.Error) int {
 	switch e.Code {
 	case protocol.CodeUnauthorized:
 		return http.StatusUnauthorized
-	case protocol.CodeForbidden:
+	case protocol.CodeNotFound:
+		return http.StatusNotFound
+	case protocol.CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case protocol.CodeForbidden, protocol.CodeQuota:
 		return http.StatusForbidden
 	case protocol.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -196,9 +221,7 @@ func writePage(w http.ResponseWriter, p protocol.Page) {
 }
 
 func writeError(w http.ResponseWriter, e *protocol.Error) {
-	writeJSON(w, statusOf(e), struct {
-		Error *protocol.Error `json:"error"`
-	}{e})
+	writeJSON(w, statusOf(e), errorBody{e})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

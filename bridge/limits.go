@@ -1,8 +1,12 @@
 package bridge
 
 import (
+	"log/slog"
 	"net"
+	"net/netip"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -17,10 +21,17 @@ type buckets struct {
 	rate  rate.Limit
 	burst int
 
-	mu    sync.Mutex // guards m and swept
-	m     map[string]*bucket
+	mu    sync.Mutex         // guards m and swept
+	m     map[string]*bucket // at most maxBucketKeys entries
 	swept time.Time
 }
+
+// maxBucketKeys bounds the keys of one set of buckets (about 150 bytes
+// each). Past it, idle full buckets are swept at once, and while the set is
+// still full a new key gets a fresh bucket that is not remembered: a flood
+// of distinct keys costs no memory, and each key still gets at most one burst
+// per attempt pattern of the busiest keys.
+const maxBucketKeys = 100_000
 
 type bucket struct {
 	lim  *rate.Limiter
@@ -41,21 +52,42 @@ func (b *buckets) get(key string) *rate.Limiter {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if now.Sub(b.swept) > time.Minute {
-		for k, e := range b.m {
-			if now.Sub(e.used) > time.Minute && e.lim.TokensAt(now) >= float64(b.burst) {
-				delete(b.m, k)
-			}
-		}
-		b.swept = now
+	if now.Sub(b.swept) > time.Minute || len(b.m) >= maxBucketKeys {
+		b.sweep(now)
 	}
 	e := b.m[key]
 	if e == nil {
 		e = &bucket{lim: rate.NewLimiter(b.rate, b.burst)}
+		if len(b.m) >= maxBucketKeys {
+			return e.lim
+		}
 		b.m[key] = e
 	}
 	e.used = now
 	return e.lim
+}
+
+// sweep forgets the buckets idle for a minute and full again. b.mu is held.
+func (b *buckets) sweep(now time.Time) {
+	for k, e := range b.m {
+		if now.Sub(e.used) > time.Minute && e.lim.TokensAt(now) >= float64(b.burst) {
+			delete(b.m, k)
+		}
+	}
+	b.swept = now
+}
+
+// exhausted reports whether key's bucket has no token left, without taking
+// one and without creating state for a key it does not know. A nil *buckets
+// is never exhausted.
+func (b *buckets) exhausted(key string) bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	e := b.m[key]
+	b.mu.Unlock()
+	return e != nil && e.lim.Tokens() < 1
 }
 
 // allow takes one token for key. A nil *buckets always allows.
@@ -84,31 +116,89 @@ func (b *buckets) allowSend(user string, p protocol.Priority) bool {
 	return lim.AllowN(now, 1)
 }
 
-// hostOf returns the IP of a remote address.
-func hostOf(remote string) string {
-	if h, _, err := net.SplitHostPort(remote); err == nil {
+// ipKey returns the key of a remote address for per-IP limits: the IPv4
+// address, or the /64 prefix of an IPv6 address (one subscriber's network
+// usually holds a whole /64, so counting single IPv6 addresses would let one
+// host take a fresh limit per address).
+func ipKey(remote string) string {
+	h, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		h = remote
+	}
+	ip, err := netip.ParseAddr(h)
+	if err != nil {
 		return h
 	}
-	return remote
+	ip = ip.Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, _ := ip.Prefix(64)
+	return p.String()
+}
+
+// maxLogName is how much of a client-chosen name (username, client ID) a log
+// line quotes.
+const maxLogName = 64
+
+// logName returns a client-chosen name fit for a log line: at most
+// maxLogName bytes, quoted, with a mark when it was cut.
+func logName(name []byte) string {
+	if len(name) > maxLogName {
+		return strconv.Quote(string(name[:maxLogName])) + "…(" + strconv.Itoa(len(name)) + " bytes)"
+	}
+	return strconv.Quote(string(name))
 }
 
 // sessions counts each user's sessions (connected or persistent) known to
 // the registry.
 type sessions struct {
-	mu sync.Mutex // guards n
-	n  map[string]int
+	mu sync.Mutex     // guards n
+	n  map[string]int // one entry per user with a session
 }
 
-func (s *sessions) add(user string, d int) {
+// tryAdd counts one more session of user unless that would exceed max. The
+// check and the count are one step, so simultaneous CONNECTs cannot both
+// take the last place.
+func (s *sessions) tryAdd(user string, max int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n[user] += d; s.n[user] <= 0 {
+	if s.n[user] >= max {
+		return false
+	}
+	s.n[user]++
+	return true
+}
+
+func (s *sessions) remove(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[user]--; s.n[user] <= 0 {
 		delete(s.n, user)
 	}
 }
 
-func (s *sessions) count(user string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.n[user]
+// limitedLog writes the log lines of refusals (CONNECTs, requests) at a
+// bounded rate, so that a flood of bad requests cannot flood the log: at
+// most 10 lines a second with bursts of 50; a line written after some were
+// dropped says how many ("suppressed").
+type limitedLog struct {
+	log     *slog.Logger
+	lim     *rate.Limiter
+	dropped atomic.Int64 // lines dropped since the last one written
+}
+
+func newLimitedLog(log *slog.Logger) *limitedLog {
+	return &limitedLog{log: log, lim: rate.NewLimiter(10, 50)}
+}
+
+func (l *limitedLog) info(msg string, args ...any) {
+	if !l.lim.Allow() {
+		l.dropped.Add(1)
+		return
+	}
+	if n := l.dropped.Swap(0); n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	l.log.Info(msg, args...)
 }

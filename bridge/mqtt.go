@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -49,7 +50,9 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		var req protocol.SendRequest
 		if perr == nil {
 			if req, perr = protocol.DecodeSendRequest(pk.Payload); perr == nil {
-				receipt = b.Send(context.Background(), user, req)
+				ctx, cancel := context.WithTimeout(context.Background(), b.cfg.SendTimeout)
+				receipt = b.Send(ctx, user, req)
+				cancel()
 			}
 		}
 		if perr != nil {
@@ -58,14 +61,17 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return b.finishSend(cl, pk, replyTo, receipt, req.OnlineUserOnly)
 	case protocol.TopicHistory, protocol.TopicSync:
 		var page protocol.Page
+		if perr == nil && !b.allowQuery(user) {
+			perr = errQueryRate
+		}
 		if perr == nil {
 			page = b.query(user, kind, pk.Payload)
 		} else {
 			page = protocol.Page{Type: kindName(kind), ID: peekRequestID(pk.Payload), Error: perr}
 		}
-		b.reply(replyTo, pk, page)
+		b.reply(cl, replyTo, pk, page)
 		if page.Error != nil {
-			if c := page.Error.Code; c != protocol.CodeStoreFailed && c != protocol.CodeUnavailable {
+			if c := page.Error.Code; c != protocol.CodeStoreFailed && c != protocol.CodeUnavailable && c != protocol.CodeRateLimited {
 				b.reject(c)
 			}
 			return pk, ackError(cl, pk, page.Error)
@@ -80,7 +86,7 @@ func (b *Bridge) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 // request had an id or an MQTT 5 response topic.
 func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, r protocol.Receipt, online bool) (packets.Packet, error) {
 	if r.Status == protocol.StatusError || r.ID != "" || pk.Properties.ResponseTopic != "" {
-		b.reply(replyTo, pk, r)
+		b.reply(cl, replyTo, pk, r)
 	}
 	switch r.Status {
 	case protocol.StatusStored, protocol.StatusDelivered:
@@ -160,15 +166,56 @@ func (b *Bridge) replyTopic(cl *mqtt.Client, user string, pk packets.Packet) (to
 	return rt, true
 }
 
-// reply publishes v as JSON to topic at QoS 1, echoing the request's MQTT 5
-// correlation data.
-func (b *Bridge) reply(topic string, req packets.Packet, v any) {
+// reply writes v as JSON on topic to the device that asked, cl, and to no
+// other: a receipt or a page concerns one request, and queueing it for every
+// session of the user (offline ones included) would let one user make the
+// server hold any number of pages. It goes at QoS 0 on cl's connection,
+// echoing the request's MQTT 5 correlation data, if cl is subscribed to a
+// filter that matches topic; a device that loses its connection before the
+// answer asks again (requests are idempotent by id).
+func (b *Bridge) reply(cl *mqtt.Client, topic string, req packets.Packet, v any) {
+	if !subscribedTo(cl, topic) {
+		return
+	}
 	payload, err := json.Marshal(v)
 	if err == nil {
-		err = b.publish(topic, payload, 1, packets.Properties{CorrelationData: req.Properties.CorrelationData})
+		err = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish},
+			TopicName:   topic,
+			Payload:     payload,
+			Properties:  packets.Properties{CorrelationData: req.Properties.CorrelationData},
+		})
 	}
 	if err != nil {
-		b.log.Error("publish reply", "error", err, "topic", topic)
+		b.log.Debug("reply not written", "error", err, "client", cl.ID, "topic", topic)
+	}
+}
+
+// subscribedTo reports whether one of cl's subscriptions matches topic.
+func subscribedTo(cl *mqtt.Client, topic string) bool {
+	for f := range cl.State.Subscriptions.GetAll() {
+		if matches(f, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether the MQTT topic filter f matches topic.
+func matches(f, topic string) bool {
+	for {
+		fl, frest, fmore := strings.Cut(f, "/")
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		if !fmore || !tmore {
+			return fmore == tmore || (fmore && frest == "#")
+		}
+		f, topic = frest, trest
 	}
 }
 

@@ -8,6 +8,19 @@ import (
 	"github.com/imbridge/imbridge/storage"
 )
 
+// errQueryRate answers a history or sync request over the user's rate.
+var errQueryRate = &protocol.Error{Code: protocol.CodeRateLimited, Message: "over the history and sync request rate; retry later"}
+
+// allowQuery takes a token of user's history and sync rate, counting a
+// refusal.
+func (b *Bridge) allowQuery(user string) bool {
+	if b.queries.allow(user) {
+		return true
+	}
+	b.stats.queriesLimited.Add(1)
+	return false
+}
+
 // History returns a page of user's conversation with req.With. req must have
 // passed its Check. A user can only ever read conversations they are in: the
 // conversation is always (user, req.With).

@@ -51,12 +51,15 @@ func (b *Bridge) sendStored(ctx context.Context, m protocol.Message) protocol.Re
 	a, err := b.store.Append(ctx, m)
 	if err != nil {
 		b.stats.storeErrors.Add(1)
-		code := protocol.CodeStoreFailed
-		if errors.Is(err, storage.ErrClosed) {
+		code, msg := protocol.CodeStoreFailed, "message not stored: "+err.Error()
+		switch {
+		case errors.Is(err, storage.ErrClosed):
 			code = protocol.CodeUnavailable
+		case errors.Is(err, context.DeadlineExceeded):
+			msg = "the history did not confirm the message in time; it may still be stored: retry with the same id"
 		}
 		b.log.Error("store message", "error", err, "from", m.From, "to", m.To)
-		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: code, Message: "message not stored: " + err.Error()})
+		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: code, Message: msg})
 	}
 	if a.Duplicate {
 		b.stats.duplicates.Add(1)
@@ -72,15 +75,19 @@ func (b *Bridge) sendStored(ctx context.Context, m protocol.Message) protocol.Re
 }
 
 func (b *Bridge) sendOnline(m *protocol.Message) protocol.Receipt {
-	var key string
-	if m.ClientMsgID != "" {
-		key = m.From + "\x00" + m.ClientMsgID
-		if r, ok := b.onlineSeen.get(key); ok {
-			b.stats.duplicates.Add(1)
-			r.Duplicate = true
-			return r
-		}
+	if m.ClientMsgID == "" {
+		return b.routeOnlineReceipt(m)
 	}
+	r, dup := b.onlineSeen.once(m.From+"\x00"+m.ClientMsgID, func() protocol.Receipt { return b.routeOnlineReceipt(m) })
+	if dup {
+		b.stats.duplicates.Add(1)
+		r.Duplicate = true
+	}
+	return r
+}
+
+// routeOnlineReceipt routes an online-only message and returns its receipt.
+func (b *Bridge) routeOnlineReceipt(m *protocol.Message) protocol.Receipt {
 	route, err := b.routeOnline(m, protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), m))
 	r := protocol.Receipt{Type: "receipt", ID: m.ClientMsgID, MsgID: m.ID, Time: m.Time}
 	switch {
@@ -97,8 +104,5 @@ func (b *Bridge) sendOnline(m *protocol.Message) protocol.Receipt {
 		r.Status = protocol.StatusDelivered
 	}
 	b.log.Debug("online-only message routed", "id", m.ID, "from", m.From, "to", m.To, "status", r.Status)
-	if key != "" {
-		b.onlineSeen.put(key, r)
-	}
 	return r
 }

@@ -13,6 +13,7 @@ const (
 	CodeInvalidID       ErrorCode = "invalid_id"       // "id" not a valid client message id
 	CodeInvalidPriority ErrorCode = "invalid_priority" // "priority" not default, high, normal or low
 	CodeMissingData     ErrorCode = "missing_data"     // "data" absent or null
+	CodeInvalidData     ErrorCode = "invalid_data"     // "data" not UTF-8, or nested deeper than MaxDataDepth
 	CodeTooLarge        ErrorCode = "too_large"        // payload over the server's limit
 	CodeInvalidQuery    ErrorCode = "invalid_query"    // history or sync parameters out of range
 	CodeInvalidTopic    ErrorCode = "invalid_topic"    // MQTT 5 response topic outside the user's reply topics
@@ -24,12 +25,19 @@ const (
 	CodeForbidden    ErrorCode = "forbidden"    // the credential may not do this
 )
 
+// Errors of the HTTP API's routing.
+const (
+	CodeNotFound         ErrorCode = "not_found"          // no such endpoint (HTTP 404)
+	CodeMethodNotAllowed ErrorCode = "method_not_allowed" // the endpoint takes another method (HTTP 405)
+)
+
 // Errors of the server. The request may be retried with the same id.
 const (
-	CodeStoreFailed ErrorCode = "store_failed" // the history could not be written or read
-	CodeUnavailable ErrorCode = "unavailable"  // the server is shutting down
-	CodeRateLimited ErrorCode = "rate_limited" // over the user's send rate; lower priorities are refused first
-	CodeInternal    ErrorCode = "internal"     // anything else
+	CodeStoreFailed ErrorCode = "store_failed"   // the history could not be written or read
+	CodeUnavailable ErrorCode = "unavailable"    // the server is shutting down
+	CodeRateLimited ErrorCode = "rate_limited"   // over the user's send or query rate; lower priorities are refused first
+	CodeQuota       ErrorCode = "quota_exceeded" // the sender's stored messages reached the per-user storage quota
+	CodeInternal    ErrorCode = "internal"       // anything else
 )
 
 // Error is the error object of a receipt, a page or an HTTP error response.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Priority is a message's priority, as in V2TIM. The empty value means
@@ -153,6 +155,9 @@ func DecodeSendRequest(b []byte) (SendRequest, *Error) {
 	if len(r.Data) == 0 || bytes.Equal(r.Data, []byte("null")) {
 		return r, errorf(CodeMissingData, "data is required and must not be null")
 	}
+	if perr := checkData(r.Data); perr != nil {
+		return r, perr
+	}
 	if !r.Priority.valid() {
 		return r, errorf(CodeInvalidPriority, "priority must be one of default, high, normal, low")
 	}
@@ -229,12 +234,70 @@ func decodeObject(b []byte, v any) *Error {
 	// Unmarshal checks the whole input before it decodes: one pass.
 	if err := json.Unmarshal(t, v); err != nil {
 		var syntax *json.SyntaxError
-		if errors.As(err, &syntax) {
-			return errorf(CodeBadJSON, "payload is not valid JSON: "+err.Error())
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syntax):
+			return errorf(CodeBadJSON, "payload is not valid JSON: "+syntax.Error())
+		case errors.As(err, &typ) && typ.Field != "":
+			return errorf(CodeBadJSON, typ.Field+" must be "+jsonKind(typ.Type.Kind())+", not "+typ.Value)
 		}
-		return errorf(CodeBadJSON, err.Error())
+		return errorf(CodeBadJSON, "payload does not match the request's fields")
 	}
 	return nil
+}
+
+// jsonKind names the JSON type a Go kind decodes from.
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Uint64:
+		return "a non-negative integer"
+	}
+	return "another type"
+}
+
+// MaxDataDepth is how deeply arrays and objects may nest in a message's
+// data: {"a":[1]} has depth 2. Receivers decode data with ordinary JSON
+// libraries, and some of them refuse (or recurse on the stack through) deep
+// input, so one message could otherwise break a receiver's every page.
+const MaxDataDepth = 64
+
+// checkData refuses data that is not valid UTF-8 or nests deeper than
+// MaxDataDepth. data must be valid JSON.
+func checkData(data []byte) *Error {
+	if !utf8.Valid(data) {
+		return errorf(CodeInvalidData, "data must be valid UTF-8")
+	}
+	if DataDepth(data) > MaxDataDepth {
+		return errorf(CodeInvalidData, "data nests arrays and objects deeper than "+strconv.Itoa(MaxDataDepth)+" levels")
+	}
+	return nil
+}
+
+// DataDepth returns how deeply arrays and objects nest in the valid JSON
+// value v, without decoding it.
+func DataDepth(v []byte) int {
+	depth, max, inString := 0, 0, false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case inString && c == '\\':
+			i++ // the escaped byte
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '[' || c == '{':
+			if depth++; depth > max {
+				max = depth
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return max
 }
 
 // PeekMessageID returns the id of an encoded [Message] without decoding it,

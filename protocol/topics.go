@@ -79,10 +79,21 @@ func ParseTopic(topic string) (user string, kind TopicKind) {
 	return "", TopicUnknown
 }
 
+// Limits of reply topics (MQTT 5 response topics) and of the filters that
+// subscribe to them: users/U/reply/ may be followed by at most
+// MaxReplyLevels levels, and the whole topic or filter is at most
+// MaxTopicLen bytes. Deeper or longer ones are refused before the broker
+// indexes anything.
+const (
+	MaxReplyLevels = 4
+	MaxTopicLen    = 256
+)
+
 // validReplySuffix accepts the part of a reply topic after "reply/": at least
-// one byte, no wildcard, no control character.
+// one byte, no wildcard, no control character, at most MaxReplyLevels levels
+// and MaxTopicLen bytes.
 func validReplySuffix(s string) bool {
-	if s == "" {
+	if s == "" || len(s) > MaxTopicLen || strings.Count(s, "/") >= MaxReplyLevels {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
