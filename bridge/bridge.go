@@ -490,3 +490,15 @@ func (b *Bridge) deliverStored(user, id string, payload []byte) {
 		b.log.Error("deliver stored message", "error", err, "id", id, "user", user)
 	}
 }
+
+// HeldBytes returns the payload bytes of the stored-message deliveries mochi
+// holds for all sessions (in flight, or queued for disconnected devices);
+// each session holds at most Config.MaxSessionBytes.
+func (b *Bridge) HeldBytes() int64 {
+	var n int64
+	b.devices.Range(func(_, d any) bool {
+		n += d.(*device).held.Load()
+		return true
+	})
+	return n
+}

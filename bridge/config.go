@@ -88,11 +88,6 @@ type Limits struct {
 	// (MQTT and HTTP together). Defaults 20/s and 50; -1 turns it off.
 	QueryRate  float64
 	QueryBurst int
-	// MaxSessionBytes caps the payload bytes of the stored-message
-	// deliveries mochi holds for one session (in flight, or queued while the
-	// device is away): a delivery beyond it is skipped and counted, and the
-	// device fills the gap by sync. Default 8 MiB.
-	MaxSessionBytes int64
 	// SendRate limits each user's sends from devices and user tokens (not
 	// admin sends): so many per second, with bursts of SendBurst. When a
 	// user's bucket runs low, low-priority sends are refused first (below half
@@ -100,6 +95,11 @@ type Limits struct {
 	// last. Defaults 50/s and 100; -1 turns it off.
 	SendRate  float64
 	SendBurst int
+	// MaxSessionBytes caps the payload bytes of the stored-message
+	// deliveries mochi holds for one session (in flight, or queued while the
+	// device is away): a delivery beyond it is skipped and counted, and the
+	// device fills the gap by sync. Default 8 MiB.
+	MaxSessionBytes int64
 }
 
 // Defaults of Config.

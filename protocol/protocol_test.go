@@ -295,3 +295,30 @@ func FuzzDecodeHistoryRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestDataChecks(t *testing.T) {
+	for _, tc := range []struct {
+		data string
+		code ErrorCode
+	}{
+		{`"plain"`, ""},
+		{strings.Repeat("[", 64) + strings.Repeat("]", 64), ""},
+		{`{"s":"[[[[ not nesting \" [[["}`, ""},
+		{strings.Repeat("[", 65) + strings.Repeat("]", 65), CodeInvalidData},
+		{strings.Repeat(`{"a":`, 65) + "1" + strings.Repeat("}", 65), CodeInvalidData},
+		{"\"\xff\"", CodeInvalidData},
+		{strings.Repeat("[", 10001) + strings.Repeat("]", 10001), CodeBadJSON},
+	} {
+		_, err := DecodeSendRequest([]byte(`{"to":"bob","data":` + tc.data + `}`))
+		if (err == nil && tc.code != "") || (err != nil && err.Code != tc.code) {
+			t.Errorf("data %.30s: error %v, want code %q", tc.data, err, tc.code)
+		}
+	}
+}
+
+func TestTypeErrorsNameTheField(t *testing.T) {
+	_, err := DecodeSendRequest([]byte(`{"to":5,"data":1}`))
+	if err == nil || strings.Contains(err.Message, "SendRequest") || !strings.Contains(err.Message, "to must be a string") {
+		t.Fatalf("error %v: want the JSON field named, no Go type", err)
+	}
+}
