@@ -66,7 +66,17 @@ func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !mayReceive(user, topic) {
 		return maySubscribe(user, topic)
 	}
-	if len(topic) < 6 || topic[len(topic)-6:] != "/inbox" {
+	inbox := strings.HasSuffix(topic, "/inbox")
+	if !inbox && !strings.HasSuffix(topic, "/online") {
+		// A reply topic: only the device that asked gets the answer.
+		asker, ok := b.askers.Load(topic)
+		if !ok || asker == cl.ID {
+			return true
+		}
+		d := b.deviceOf(cl)
+		return d != nil && d.subscribing.Load() // a SUBSCRIBE's filter, not a delivery
+	}
+	if !inbox {
 		return true
 	}
 	d := b.deviceOf(cl)

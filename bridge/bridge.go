@@ -40,6 +40,9 @@ type Bridge struct {
 
 	onlineSeen *retryCache // ids of recent online-only sends
 
+	replyTurns [64]sync.Mutex // reply publishes to one topic (by hash) take turns; see reply
+	askers     sync.Map       // reply topic -> client ID of the device its current publish is for
+
 	fanout     fanoutQueue   // committed appends, in commit order
 	fanoutSize atomic.Int64  // payload size of the stored message being delivered; see OnACLCheck
 	fanoutDone chan struct{} // closed when runFanout has delivered everything and returned

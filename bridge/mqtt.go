@@ -3,8 +3,8 @@ package bridge
 import (
 	"context"
 	"encoding/json"
+	"hash/fnv"
 	"strconv"
-	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -166,56 +166,30 @@ func (b *Bridge) replyTopic(cl *mqtt.Client, user string, pk packets.Packet) (to
 	return rt, true
 }
 
-// reply writes v as JSON on topic to the device that asked, cl, and to no
-// other: a receipt or a page concerns one request, and queueing it for every
-// session of the user (offline ones included) would let one user make the
-// server hold any number of pages. It goes at QoS 0 on cl's connection,
-// echoing the request's MQTT 5 correlation data, if cl is subscribed to a
-// filter that matches topic; a device that loses its connection before the
-// answer asks again (requests are idempotent by id).
+// reply publishes v as JSON on topic to the device that asked, cl, and to
+// no other: a receipt or a page concerns one request, and queueing it for
+// every session of the user (offline ones included) would let one user make
+// the server hold any number of pages. It goes at QoS 0 (nothing is held
+// for a device that is gone: it asks again; requests are idempotent by id),
+// echoing the request's MQTT 5 correlation data, through mochi's queue of
+// cl, so that it keeps its place among the deliveries to cl.
+//
+// OnACLCheck admits the delivery to cl only: reply publishes to one topic
+// take turns, and askers holds the client ID each is for.
 func (b *Bridge) reply(cl *mqtt.Client, topic string, req packets.Packet, v any) {
-	if !subscribedTo(cl, topic) {
-		return
-	}
 	payload, err := json.Marshal(v)
 	if err == nil {
-		err = cl.WritePacket(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish},
-			TopicName:   topic,
-			Payload:     payload,
-			Properties:  packets.Properties{CorrelationData: req.Properties.CorrelationData},
-		})
+		h := fnv.New32a()
+		h.Write([]byte(topic))
+		mu := &b.replyTurns[h.Sum32()%uint32(len(b.replyTurns))]
+		mu.Lock()
+		b.askers.Store(topic, cl.ID)
+		err = b.publish(topic, payload, 0, packets.Properties{CorrelationData: req.Properties.CorrelationData})
+		b.askers.Delete(topic)
+		mu.Unlock()
 	}
 	if err != nil {
-		b.log.Debug("reply not written", "error", err, "client", cl.ID, "topic", topic)
-	}
-}
-
-// subscribedTo reports whether one of cl's subscriptions matches topic.
-func subscribedTo(cl *mqtt.Client, topic string) bool {
-	for f := range cl.State.Subscriptions.GetAll() {
-		if matches(f, topic) {
-			return true
-		}
-	}
-	return false
-}
-
-// matches reports whether the MQTT topic filter f matches topic.
-func matches(f, topic string) bool {
-	for {
-		fl, frest, fmore := strings.Cut(f, "/")
-		if fl == "#" {
-			return true
-		}
-		tl, trest, tmore := strings.Cut(topic, "/")
-		if fl != "+" && fl != tl {
-			return false
-		}
-		if !fmore || !tmore {
-			return fmore == tmore || (fmore && frest == "#")
-		}
-		f, topic = frest, trest
+		b.log.Error("publish reply", "error", err, "topic", topic)
 	}
 }
 
