@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
@@ -29,13 +31,12 @@ func v3(t *testing.T, n *testserver.Node, user string, o opts) *testdevice.Devic
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testdevice.Wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	poll.For(t, poll.Total, poll.Interval, func() error {
+		if !cond() {
+			return fmt.Errorf("waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, not synchronising on time
-	}
+		return nil
+	})
 }
 
 // TestTruncatedSubscribeDoesNotKillTheServer sends the MQTT 5 SUBSCRIBE
@@ -147,7 +148,12 @@ func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
 		}
 		alice.Send(`{"to":"bob","data":"marker","id":"m` + fmt.Sprint(last) + `"}`)
 		last++
-		waitUntil(arrived, 200*time.Millisecond)
+		poll.Wait(200*time.Millisecond, poll.Interval, func() error {
+			if !arrived() {
+				return errors.New("no marker yet")
+			}
+			return nil
+		})
 	}
 	mu.Lock()
 	seen := map[uint64]bool{}
@@ -184,16 +190,6 @@ func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
 		t.Fatalf("shutdown with a stalled device: %v", err)
 	}
 	slow.Disconnect(0)
-}
-
-// waitUntil polls cond for at most d and reports whether it held.
-func waitUntil(cond func() bool, d time.Duration) bool {
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) { // polling a condition
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
 }
 
 // TestShutdownUnderChurn stops a node while devices connect, subscribe,

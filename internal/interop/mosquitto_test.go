@@ -3,6 +3,7 @@ package interop
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/imbridge/imbridge/internal/needs"
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
 )
@@ -80,13 +82,12 @@ func TestMosquitto(t *testing.T) {
 			n := testserver.Start(t)
 			phone := mosquittoSub(t, n, version, "bob", "phone")
 			laptop := mosquittoSub(t, n, version, "bob", "laptop")
-			deadline := time.Now().Add(10 * time.Second)
-			for n.Health().Subs < 4 { // both have subscribed to both filters
-				if time.Now().After(deadline) {
-					t.Fatalf("mosquitto_sub did not subscribe: %+v", n.Health())
+			poll.For(t, poll.Total, poll.Interval, func() error {
+				if h := n.Health(); h.Subs < 4 { // both have subscribed to both filters
+					return fmt.Errorf("mosquitto_sub did not subscribe: %+v", h)
 				}
-				time.Sleep(10 * time.Millisecond) // polling a condition
-			}
+				return nil
+			})
 			// A stored message proves both subscriptions are in place.
 			mosquittoPub(t, n, version, "alice", `{"to":"bob","data":"stored"}`)
 			for _, s := range []*sub{phone, laptop} {
