@@ -105,7 +105,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.secret, "secret", "", secretHelp+"; default: generated once into DATA/secret")
 	fs.StringVar(&o.secretFile, "secret-file", "", secretFileHelp)
 	fs.StringVar(&o.logLevel, "log", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&o.demo, "demo", "", "serve this directory at /demo/ (the browser demo: examples/browser, after npm ci there)")
+	fs.StringVar(&o.demo, "demo", "", "serve the browser demo in this directory at /demo/: examples/browser, after npm ci there (its page, script and MQTT.js bundle only)")
 	fs.IntVar(&o.maxPayload, "max-payload", 64<<10, "largest send/history/sync request payload, bytes")
 	fs.IntVar(&o.maxPending, "max-pending", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
 	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")

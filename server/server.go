@@ -204,7 +204,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/v1/", s.bridge.Handler())
 	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.DemoDir != "" {
-		mux.Handle("/demo/", http.StripPrefix("/demo/", http.FileServer(http.Dir(s.cfg.DemoDir))))
+		mux.Handle("/demo/", http.StripPrefix("/demo/", demoHandler(s.cfg.DemoDir)))
 	}
 	return mux
 }
