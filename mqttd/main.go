@@ -4,6 +4,7 @@
 //	mqttd [flags]                     run the node
 //	mqttd token [-ttl 24h] USER       print a user token
 //	mqttd token -admin [-ttl 1h] NAME print an admin token (HTTP send API)
+//	mqttd token -audience AUD USER    a token with "aud" (for -token-audience)
 //
 // Every flag has an environment variable, named in mqttd -help. mqttd
 // generates the token secret into DATA/secret on its first start unless
@@ -300,6 +301,8 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	data := fs.String("data", envOr(envName("data"), "./data"), "mqttd's data directory, whose secret file is read (env MQTTD_DATA)")
 	secretFlag := fs.String("secret", os.Getenv(envName("secret")), secretHelp+" (env MQTTD_SECRET); default: DATA/secret")
 	secretFile := fs.String("secret-file", os.Getenv(envName("secret-file")), secretFileHelp+" (env MQTTD_SECRET_FILE)")
+	audience := fs.String("audience", os.Getenv(envName("token-audience")),
+		"the token's \"aud\" claim: what mqttd -token-audience requires (env MQTTD_TOKEN_AUDIENCE)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: mqttd token [-ttl 24h] [-admin] USER\n\n"+
 			"Prints a token signed with mqttd's secret: -secret, -secret-file, or the file\n"+
@@ -331,11 +334,15 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var opts []auth.MintOption
+	if *audience != "" {
+		opts = append(opts, auth.WithAudience(*audience))
+	}
 	var tok string
 	if *admin {
-		tok, err = auth.MintAdmin(secret, rest[0], *ttl)
+		tok, err = auth.MintAdmin(secret, rest[0], *ttl, opts...)
 	} else {
-		tok, err = auth.Mint(secret, rest[0], *ttl)
+		tok, err = auth.Mint(secret, rest[0], *ttl, opts...)
 	}
 	if err != nil {
 		return err
