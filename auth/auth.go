@@ -10,7 +10,8 @@
 // # Caveats
 //
 // A [Verifier] is safe for concurrent use. Verification allows one minute of
-// clock skew on "exp" and "nbf".
+// clock skew on "exp" and "nbf". [VerifierOptions] add two optional checks:
+// an audience ("aud") the tokens must carry, and a longest lifetime.
 package auth
 
 import (
@@ -33,7 +34,15 @@ const MinSecretLen = 16
 var (
 	ErrInvalidToken = errors.New("auth: invalid token")
 	ErrShortSecret  = errors.New("auth: secret shorter than 16 bytes")
+	// ErrLifetime is why a token valid for longer than
+	// VerifierOptions.MaxLifetime is refused; it comes wrapped in
+	// ErrInvalidToken.
+	ErrLifetime = errors.New("auth: token lifetime over the maximum")
 )
+
+// leeway is the clock skew allowed between the minting and the verifying
+// machine.
+const leeway = time.Minute
 
 // Claims is what a verified token says.
 type Claims struct {
@@ -50,23 +59,50 @@ type claims struct {
 // Verifier checks tokens against one secret.
 type Verifier struct {
 	secret []byte
+	opts   VerifierOptions
 	parser *jwt.Parser
 }
 
+// VerifierOptions are the optional checks of a Verifier. The zero value adds
+// none.
+type VerifierOptions struct {
+	// Audience, if set, must be one of a token's "aud" values: tokens
+	// without it are refused. Empty: "aud" is not checked.
+	Audience string
+	// MaxLifetime, if positive, refuses tokens valid for longer: "exp" minus
+	// "iat" must be at most MaxLifetime, and so must "exp" minus now (plus
+	// the minute of clock skew), which covers tokens without "iat" or with
+	// one in the future. Zero: no limit. Negative is an error.
+	MaxLifetime time.Duration
+}
+
 // NewVerifier returns a Verifier for secret, which must be at least
-// MinSecretLen bytes.
-func NewVerifier(secret []byte) (*Verifier, error) {
+// MinSecretLen bytes, with at most one VerifierOptions (none: no optional
+// checks).
+func NewVerifier(secret []byte, opts ...VerifierOptions) (*Verifier, error) {
 	if len(secret) < MinSecretLen {
 		return nil, ErrShortSecret
 	}
-	return &Verifier{
-		secret: append([]byte(nil), secret...),
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-			jwt.WithExpirationRequired(),
-			jwt.WithLeeway(time.Minute),
-		),
-	}, nil
+	var o VerifierOptions
+	switch len(opts) {
+	case 0:
+	case 1:
+		o = opts[0]
+	default:
+		return nil, errors.New("auth: NewVerifier takes at most one VerifierOptions")
+	}
+	if o.MaxLifetime < 0 {
+		return nil, fmt.Errorf("auth: VerifierOptions.MaxLifetime %v is negative", o.MaxLifetime)
+	}
+	popts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(leeway),
+	}
+	if o.Audience != "" {
+		popts = append(popts, jwt.WithAudience(o.Audience))
+	}
+	return &Verifier{secret: append([]byte(nil), secret...), opts: o, parser: jwt.NewParser(popts...)}, nil
 }
 
 // Verify checks a token's signature, algorithm and expiry and returns its
@@ -81,6 +117,14 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	if c.ExpiresAt != nil {
 		out.Expires = c.ExpiresAt.Time
 	}
+	if limit := v.opts.MaxLifetime; limit > 0 {
+		if c.IssuedAt != nil && out.Expires.Sub(c.IssuedAt.Time) > limit {
+			return Claims{}, fmt.Errorf("%w: %w: exp-iat is %v, at most %v", ErrInvalidToken, ErrLifetime, out.Expires.Sub(c.IssuedAt.Time), limit)
+		}
+		if left := time.Until(out.Expires); left > limit+leeway {
+			return Claims{}, fmt.Errorf("%w: %w: exp is %v away, at most %v", ErrInvalidToken, ErrLifetime, left.Round(time.Second), limit)
+		}
+	}
 	if !out.Admin && !protocol.ValidUserID(out.Subject) {
 		return Claims{}, fmt.Errorf("%w: sub is not a user ID", ErrInvalidToken)
 	}
@@ -90,23 +134,32 @@ func (v *Verifier) Verify(token string) (Claims, error) {
 	return out, nil
 }
 
+// MintOption adds a claim to a token made by Mint or MintAdmin.
+type MintOption func(*claims)
+
+// WithAudience sets a minted token's "aud" claim, for a Verifier with
+// VerifierOptions.Audience.
+func WithAudience(aud string) MintOption {
+	return func(c *claims) { c.Audience = jwt.ClaimStrings{aud} }
+}
+
 // Mint returns a user token for user, valid for ttl from now.
-func Mint(secret []byte, user string, ttl time.Duration) (string, error) {
+func Mint(secret []byte, user string, ttl time.Duration, opts ...MintOption) (string, error) {
 	if !protocol.ValidUserID(user) {
 		return "", fmt.Errorf("auth: %q is not a user ID", user)
 	}
-	return mint(secret, user, "", ttl)
+	return mint(secret, user, "", ttl, opts)
 }
 
 // MintAdmin returns an admin token naming its holder, valid for ttl from now.
-func MintAdmin(secret []byte, name string, ttl time.Duration) (string, error) {
+func MintAdmin(secret []byte, name string, ttl time.Duration, opts ...MintOption) (string, error) {
 	if name == "" {
 		return "", errors.New("auth: admin token needs a name")
 	}
-	return mint(secret, name, ScopeAdmin, ttl)
+	return mint(secret, name, ScopeAdmin, ttl, opts)
 }
 
-func mint(secret []byte, sub, scope string, ttl time.Duration) (string, error) {
+func mint(secret []byte, sub, scope string, ttl time.Duration, opts []MintOption) (string, error) {
 	if len(secret) < MinSecretLen {
 		return "", ErrShortSecret
 	}
@@ -119,5 +172,8 @@ func mint(secret []byte, sub, scope string, ttl time.Duration) (string, error) {
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 	}}
+	for _, o := range opts {
+		o(&c)
+	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 }

@@ -95,5 +95,69 @@ func TestReason(t *testing.T) {
 		if strings.Contains(Reason(err), string(secret)) {
 			t.Fatal("reason leaks the secret")
 		}
+// TestVerifierOptions: the optional audience and longest lifetime, each
+// token against a verifier without options (which accepts them all) and
+// with them.
+func TestVerifierOptions(t *testing.T) {
+	now := time.Now()
+	at := func(d time.Duration) *jwt.NumericDate { return jwt.NewNumericDate(now.Add(d)) }
+	sign := func(c jwt.RegisteredClaims) string {
+		c.Subject = "alice"
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	minted, _ := Mint(secret, "alice", time.Hour, WithAudience("chat"))
+	mintedOther, _ := Mint(secret, "alice", time.Hour, WithAudience("billing"))
+	mintedAdmin, _ := MintAdmin(secret, "ops", time.Hour, WithAudience("chat"))
+	mintedLong, _ := Mint(secret, "alice", 48*time.Hour, WithAudience("chat"))
+	for _, tc := range []struct {
+		name    string
+		opts    VerifierOptions
+		token   string
+		wantErr error // nil: accepted
+	}{
+		{"aud as required", VerifierOptions{Audience: "chat"}, sign(jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"chat"}, ExpiresAt: at(time.Hour)}), nil},
+		{"aud among several", VerifierOptions{Audience: "chat"}, sign(jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"billing", "chat"}, ExpiresAt: at(time.Hour)}), nil},
+		{"aud missing", VerifierOptions{Audience: "chat"}, sign(jwt.RegisteredClaims{ExpiresAt: at(time.Hour)}), ErrInvalidToken},
+		{"aud another", VerifierOptions{Audience: "chat"}, sign(jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"billing"}, ExpiresAt: at(time.Hour)}), ErrInvalidToken},
+		{"aud by Mint", VerifierOptions{Audience: "chat"}, minted, nil},
+		{"aud by MintAdmin", VerifierOptions{Audience: "chat"}, mintedAdmin, nil},
+		{"another aud by Mint", VerifierOptions{Audience: "chat"}, mintedOther, ErrInvalidToken},
+		{"exp-iat within", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{IssuedAt: at(-time.Hour), ExpiresAt: at(23 * time.Hour)}), nil},
+		{"exp-iat exactly the maximum", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{IssuedAt: at(0), ExpiresAt: at(24 * time.Hour)}), nil},
+		{"exp-iat over", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{IssuedAt: at(-24 * time.Hour), ExpiresAt: at(time.Hour)}), ErrLifetime},
+		{"no iat, exp-now within", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{ExpiresAt: at(24 * time.Hour)}), nil},
+		{"no iat, exp-now over", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{ExpiresAt: at(25 * time.Hour)}), ErrLifetime},
+		{"iat in the future, exp far", VerifierOptions{MaxLifetime: 24 * time.Hour}, sign(jwt.RegisteredClaims{IssuedAt: at(365 * 24 * time.Hour), ExpiresAt: at(366 * 24 * time.Hour)}), ErrLifetime},
+		{"Mint with a longer ttl", VerifierOptions{MaxLifetime: 24 * time.Hour}, mintedLong, ErrLifetime},
+		{"both, both met", VerifierOptions{Audience: "chat", MaxLifetime: 2 * time.Hour}, minted, nil},
+		{"both, lifetime over", VerifierOptions{Audience: "chat", MaxLifetime: 30 * time.Minute}, minted, ErrLifetime},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plain, _ := NewVerifier(secret)
+			if _, err := plain.Verify(tc.token); err != nil {
+				t.Fatalf("without options: %v, want accepted", err)
+			}
+			v, err := NewVerifier(secret, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = v.Verify(tc.token)
+			if tc.wantErr == nil && err != nil {
+				t.Fatalf("with %+v: %v, want accepted", tc.opts, err)
+			}
+			if tc.wantErr != nil && (!errors.Is(err, tc.wantErr) || !errors.Is(err, ErrInvalidToken)) {
+				t.Fatalf("with %+v: %v, want %v", tc.opts, err, tc.wantErr)
+			}
+		})
+	}
+	if _, err := NewVerifier(secret, VerifierOptions{MaxLifetime: -time.Second}); err == nil {
+		t.Error("negative MaxLifetime accepted")
+	}
+	if _, err := NewVerifier(secret, VerifierOptions{}, VerifierOptions{}); err == nil {
+		t.Error("two VerifierOptions accepted")
 	}
 }

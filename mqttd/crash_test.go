@@ -19,6 +19,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/protocol"
 	"github.com/imbridge/imbridge/storage"
 )
@@ -48,14 +49,57 @@ func mint(t *testing.T, user string, admin bool) string {
 
 // acked collects the client ids of sends whose PUBACK or HTTP 2xx came back.
 type acked struct {
-	mu  sync.Mutex        // guards ids
-	ids map[string]string // client id -> sender
+	mu      sync.Mutex        // guards ids and waiters
+	ids     map[string]string // client id -> sender
+	waiters []ackWaiter       // closed once ids holds n entries
 }
+
+type ackWaiter struct {
+	n  int
+	ch chan struct{}
+}
+
+func newAcked() *acked { return &acked{ids: map[string]string{}} }
 
 func (a *acked) add(id, from string) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.ids[id] = from
+	kept := a.waiters[:0]
+	for _, w := range a.waiters {
+		if len(a.ids) >= w.n {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	a.waiters = kept
+}
+
+// count returns the number of acknowledged sends so far.
+func (a *acked) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.ids)
+}
+
+// waitFor waits until n sends in all have been acknowledged, failing the
+// test after testdevice.Wait.
+func (a *acked) waitFor(t *testing.T, n int) {
+	t.Helper()
+	a.mu.Lock()
+	ch := make(chan struct{})
+	if len(a.ids) >= n {
+		close(ch)
+	} else {
+		a.waiters = append(a.waiters, ackWaiter{n, ch})
+	}
 	a.mu.Unlock()
+	select {
+	case <-ch:
+	case <-time.After(testdevice.Wait):
+		t.Fatalf("%d sends acknowledged in %v, want %d: the load did not run", a.count(), testdevice.Wait, n)
+	}
 }
 
 // load sends until the server dies: MQTT senders (QoS 1, waiting for each
@@ -200,12 +244,14 @@ func TestKill9(t *testing.T) {
 		kills = v
 	}
 	data := t.TempDir()
-	a := &acked{ids: map[string]string{}}
+	a := newAcked()
 	for round := range kills {
 		p := start(t, crashEnv(data))
 		done := make(chan struct{})
 		go func() { load(t, p, round, a); close(done) }()
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond) // a random moment to kill at
+		// A random moment to kill at: after 1 to 400 more acknowledgements
+		// (some 300 come in the 100-500 ms the load ran before).
+		a.waitFor(t, a.count()+1+rand.IntN(400))
 		p.kill(t)
 		<-done
 		if err := storage.Verify(filepath.Join(data, "history.db"), time.Second); err != nil {
@@ -215,9 +261,9 @@ func TestKill9(t *testing.T) {
 	p := start(t, crashEnv(data))
 	n := checkHistory(t, p, a)
 	p.stop(t)
-	t.Logf("survived %d kills: %d messages stored, %d of them acknowledged before a kill", kills, n, len(a.ids))
-	if len(a.ids) < kills {
-		t.Fatalf("only %d acknowledged sends: the load did not run", len(a.ids))
+	t.Logf("survived %d kills: %d messages stored, %d of them acknowledged before a kill", kills, n, a.count())
+	if a.count() < kills {
+		t.Fatalf("only %d acknowledged sends: the load did not run", a.count())
 	}
 }
 
@@ -225,19 +271,23 @@ func TestKill9(t *testing.T) {
 // acknowledged is stored and the file is closed cleanly.
 func TestSIGTERMLosesNothing(t *testing.T) {
 	data := t.TempDir()
-	a := &acked{ids: map[string]string{}}
+	a := newAcked()
 	p := start(t, crashEnv(data))
 	done := make(chan struct{})
 	go func() { load(t, p, 0, a); close(done) }()
-	time.Sleep(300 * time.Millisecond) // let the load run a while
-	p.stop(t)                          // SIGTERM; fails the test unless it exits 0
+	a.waitFor(t, 300) // the load runs: MQTT and HTTP sends are in flight
+	p.stop(t)         // SIGTERM; fails the test unless it exits 0
 	<-done
 	if err := storage.Verify(filepath.Join(data, "history.db"), time.Second); err != nil {
 		t.Fatal(err)
 	}
 	p = start(t, crashEnv(data))
-	checkHistory(t, p, a)
+	n := checkHistory(t, p, a)
 	p.stop(t)
+	t.Logf("%d messages stored, %d of them acknowledged before SIGTERM", n, a.count())
+	if a.count() < 300 {
+		t.Fatalf("only %d acknowledged sends: the load did not run", a.count())
+	}
 }
 
 // startFails runs mqttd expecting it to exit with an error mentioning want.

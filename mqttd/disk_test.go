@@ -36,7 +36,7 @@ func tmpfs(t *testing.T, size string) string {
 func TestDiskFull(t *testing.T) {
 	data := tmpfs(t, "3m")
 	p := start(t, crashEnv(data))
-	a := &acked{ids: map[string]string{}}
+	a := newAcked()
 	big := strings.Repeat("x", 60<<10)
 
 	// MQTT until the first send is not acknowledged.

@@ -4,8 +4,11 @@
 //	mqttd [flags]                     run the node
 //	mqttd token [-ttl 24h] USER       print a user token
 //	mqttd token -admin [-ttl 1h] NAME print an admin token (HTTP send API)
+//	mqttd token -audience AUD USER    a token with "aud" (for -token-audience)
 //
-// Every flag has an environment variable, named in mqttd -help.
+// Every flag has an environment variable, named in mqttd -help. mqttd
+// generates the token secret into DATA/secret on its first start unless
+// given one; mqttd token only ever reads it.
 package main
 
 import (
@@ -35,9 +38,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "mqttd:", err)
+		if errors.Is(err, flag.ErrHelp) { // -h, -help: the usage went to stdout
+			os.Exit(0)
 		}
+		fmt.Fprintln(os.Stderr, "mqttd:", err)
 		os.Exit(2)
 	}
 }
@@ -45,6 +49,7 @@ func main() {
 // options are the command line of the node.
 type options struct {
 	mqtt, ws, http, data, secret, logLevel, demo string
+	secretFile                                   string
 	mqtts, wss, tlsCert, tlsKey                  string
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
@@ -61,7 +66,32 @@ func envOr(name, def string) string {
 	return def
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+// secretHelp is the usage of -secret, for both commands.
+const secretHelp = "token secret, at least 16 bytes; visible to every user of this machine in ps: prefer -secret-file or the environment variable"
+
+// secretFileHelp is the usage of -secret-file, for both commands.
+const secretFileHelp = "file holding the token secret (surrounding white space ignored), instead of -secret"
+
+// parseUsage parses args with fs. On -h or -help it prints the usage to
+// stdout and returns flag.ErrHelp; on a bad flag, the error and the usage go
+// to fs.Output().
+func parseUsage(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	usage := fs.Usage
+	fs.Usage = func() {} // printed below, where it belongs
+	defer func() { fs.Usage = usage }()
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		out := fs.Output()
+		fs.SetOutput(stdout)
+		usage()
+		fs.SetOutput(out)
+	} else if err != nil {
+		usage()
+	}
+	return err
+}
+
+func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("mqttd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -73,9 +103,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain) file for -mqtts and -wss")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for -mqtts and -wss")
 	fs.StringVar(&o.data, "data", "./data", "data directory: history.db and the generated secret")
-	fs.StringVar(&o.secret, "secret", "", "token secret, at least 16 bytes; default: generated once into DATA/secret")
+	fs.StringVar(&o.secret, "secret", "", secretHelp+"; default: generated once into DATA/secret")
+	fs.StringVar(&o.secretFile, "secret-file", "", secretFileHelp)
 	fs.StringVar(&o.logLevel, "log", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&o.demo, "demo", "", "serve this directory at /demo/ (the browser demo: examples/browser, after npm ci there)")
+	fs.StringVar(&o.demo, "demo", "", "serve the browser demo in this directory at /demo/: examples/browser, after npm ci there (its page, script and MQTT.js bundle only)")
 	fs.IntVar(&o.maxPayload, "max-payload", 64<<10, "largest send/history/sync request payload, bytes")
 	fs.IntVar(&o.maxPending, "max-pending", server.DefaultMaxPendingWrites, "per-device queue of messages waiting for its socket")
 	fs.IntVar(&o.maxInflight, "max-inflight", server.DefaultMaxInflight, "unacknowledged QoS 1 deliveries a session may hold (1-65535)")
@@ -107,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := errors.Join(errs...); err != nil {
 		return o, err
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseUsage(fs, args, stdout); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
@@ -126,7 +157,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "token" {
 		return runToken(args[1:], stdout, stderr)
 	}
-	o, err := parseFlags(args, stderr)
+	o, err := parseFlags(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -135,7 +166,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-log: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	secret, err := loadSecret(o.secret, o.data)
+	secret, err := loadSecret(o.secret, o.secretFile, o.data, log)
 	if err != nil {
 		return err
 	}
@@ -172,26 +203,67 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return srv.Shutdown(sctx)
 }
 
-// loadSecret returns the flag's secret, or the one in DATA/secret, creating
-// it (32 random bytes, hex, mode 0600) on first start.
-func loadSecret(flagValue, dataDir string) ([]byte, error) {
-	if flagValue != "" {
-		if len(flagValue) < auth.MinSecretLen {
-			return nil, fmt.Errorf("-secret must be at least %d bytes", auth.MinSecretLen)
+// errNoSecret is mqttd token's error when it finds no secret.
+var errNoSecret = errors.New("no token secret")
+
+// secretSource says where a secret comes from: -secret, -secret-file or the
+// data directory.
+type secretSource struct{ value, file, data string }
+
+// read returns the secret, or errNoSecret when it is to come from a data
+// directory that has none. Its second result names where it was found.
+func (src secretSource) read() (secret []byte, from string, err error) {
+	switch {
+	case src.value != "" && src.file != "":
+		return nil, "", fmt.Errorf("both -secret (%s) and -secret-file (%s) are set: give one", envName("secret"), envName("secret-file"))
+	case src.value != "":
+		if len(src.value) < auth.MinSecretLen {
+			return nil, "", fmt.Errorf("-secret must be at least %d bytes", auth.MinSecretLen)
 		}
-		return []byte(flagValue), nil
+		return []byte(src.value), "-secret", nil
+	case src.file != "":
+		return readSecretFile(src.file, "-secret-file ")
 	}
-	path := filepath.Join(dataDir, "secret")
+	path := filepath.Join(src.data, "secret")
+	secret, from, err = readSecretFile(path, "")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, "", errNoSecret
+	}
+	return secret, from, err
+}
+
+// readSecretFile reads a secret from path; what prefixes path in errors.
+func readSecretFile(path, what string) ([]byte, string, error) {
 	b, err := os.ReadFile(path)
-	if err == nil {
-		s := strings.TrimSpace(string(b))
-		if len(s) < auth.MinSecretLen {
-			return nil, fmt.Errorf("%s: secret shorter than %d bytes", path, auth.MinSecretLen)
-		}
-		return []byte(s), nil
+	if err != nil {
+		return nil, "", fmt.Errorf("read secret: %w", err)
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("read secret: %w", err)
+	s := strings.TrimSpace(string(b))
+	if len(s) < auth.MinSecretLen {
+		return nil, "", fmt.Errorf("%s%s: secret shorter than %d bytes", what, path, auth.MinSecretLen)
+	}
+	return []byte(s), absPath(path), nil
+}
+
+// absPath is path made absolute, for messages; path itself if that fails.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
+// loadSecret returns the secret of -secret, -secret-file or DATA/secret,
+// creating the latter (32 random bytes, hex, mode 0600) on first start. It
+// logs where the secret comes from, never the secret.
+func loadSecret(value, file, dataDir string, log *slog.Logger) ([]byte, error) {
+	secret, from, err := secretSource{value, file, dataDir}.read()
+	if err == nil {
+		log.Info("token secret", "from", from)
+		return secret, nil
+	}
+	if !errors.Is(err, errNoSecret) {
+		return nil, err
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -201,9 +273,10 @@ func loadSecret(flagValue, dataDir string) ([]byte, error) {
 		return nil, err
 	}
 	s := hex.EncodeToString(raw)
+	path := filepath.Join(dataDir, "secret")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) { // another mqttd raced us: use its secret
-		return loadSecret("", dataDir)
+		return loadSecret("", "", dataDir, log)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create secret: %w", err)
@@ -215,6 +288,8 @@ func loadSecret(flagValue, dataDir string) ([]byte, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("write secret: %w", err)
 	}
+	log.Info("generated a token secret", "file", absPath(path),
+		"note", "mqttd token reads it: run it with the same -data, or give it -secret-file "+absPath(path))
 	return []byte(s), nil
 }
 
@@ -223,16 +298,21 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
 	admin := fs.Bool("admin", false, "mint an admin token (HTTP send API as any user) instead of a user token")
-	data := fs.String("data", envOr(envName("data"), "./data"), "data directory holding the secret (env MQTTD_DATA)")
-	secretFlag := fs.String("secret", os.Getenv(envName("secret")), "token secret (env MQTTD_SECRET); default: DATA/secret")
+	data := fs.String("data", envOr(envName("data"), "./data"), "mqttd's data directory, whose secret file is read (env MQTTD_DATA)")
+	secretFlag := fs.String("secret", os.Getenv(envName("secret")), secretHelp+" (env MQTTD_SECRET); default: DATA/secret")
+	secretFile := fs.String("secret-file", os.Getenv(envName("secret-file")), secretFileHelp+" (env MQTTD_SECRET_FILE)")
+	audience := fs.String("audience", os.Getenv(envName("token-audience")),
+		"the token's \"aud\" claim: what mqttd -token-audience requires (env MQTTD_TOKEN_AUDIENCE)")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: mqttd token [-ttl 24h] [-admin] USER\n\nFlags:")
+		fmt.Fprintln(fs.Output(), "Usage: mqttd token [-ttl 24h] [-admin] USER\n\n"+
+			"Prints a token signed with mqttd's secret: -secret, -secret-file, or the file\n"+
+			"secret in mqttd's data directory (-data). It never creates a secret.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	// Accept flags before and after the user ID.
 	var rest []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := parseUsage(fs, args, stdout); err != nil {
 			return err
 		}
 		if fs.NArg() == 0 {
@@ -245,15 +325,24 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errors.New("token: give exactly one user ID")
 	}
-	secret, err := loadSecret(*secretFlag, *data)
+	secret, _, err := secretSource{*secretFlag, *secretFile, *data}.read()
+	if errors.Is(err, errNoSecret) {
+		return fmt.Errorf("%w: %s does not exist, and mqttd token never creates one (mqttd does, in its data directory, on first start).\n"+
+			"Point it at mqttd's data directory with -data DIR (env MQTTD_DATA), or give the secret with "+
+			"-secret-file FILE (env MQTTD_SECRET_FILE) or -secret (env MQTTD_SECRET)", err, absPath(filepath.Join(*data, "secret")))
+	}
 	if err != nil {
 		return err
 	}
+	var opts []auth.MintOption
+	if *audience != "" {
+		opts = append(opts, auth.WithAudience(*audience))
+	}
 	var tok string
 	if *admin {
-		tok, err = auth.MintAdmin(secret, rest[0], *ttl)
+		tok, err = auth.MintAdmin(secret, rest[0], *ttl, opts...)
 	} else {
-		tok, err = auth.Mint(secret, rest[0], *ttl)
+		tok, err = auth.Mint(secret, rest[0], *ttl, opts...)
 	}
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/protocol"
 	"github.com/imbridge/imbridge/storage"
@@ -41,7 +43,8 @@ func TestMain(m *testing.M) {
 type proc struct {
 	cmd       *exec.Cmd
 	mqtt, web string
-	log       chan string // every log line
+	early     []string    // the log lines up to the ready line
+	log       chan string // every later log line
 }
 
 var readyLine = regexp.MustCompile(`msg="mqttd ready" mqtt=(\S+) ws=(\S+) http=(\S+)`)
@@ -77,8 +80,9 @@ func start(t *testing.T, env []string, args ...string) *proc {
 		select {
 		case line, ok := <-p.log:
 			if !ok {
-				t.Fatal("mqttd exited before it was ready")
+				t.Fatalf("mqttd exited before it was ready:\n%s", strings.Join(p.early, "\n"))
 			}
+			p.early = append(p.early, line)
 			if m := readyLine.FindStringSubmatch(line); m != nil {
 				p.mqtt, p.web = m[1], m[3]
 				return p
@@ -125,6 +129,12 @@ func TestBinaryEndToEnd(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("secret file: %v %v", st, err)
 	}
+	// The log says that a secret was made, and where; never the secret.
+	secret, _ := os.ReadFile(filepath.Join(data, "secret"))
+	generated := `msg="generated a token secret" file=` + filepath.Join(data, "secret")
+	if log := strings.Join(p.early, "\n"); !strings.Contains(log, generated) || strings.Contains(log, strings.TrimSpace(string(secret))) {
+		t.Fatalf("first start's log does not say where the secret went, or holds it:\n%s", log)
+	}
 	tok := func(user string) string { return token(t, data, user) }
 	bob := testdevice.ConnectV3(t, "tcp://"+p.mqtt, "bob", testdevice.Options{Token: tok})
 	alice := testdevice.ConnectV3(t, "tcp://"+p.mqtt, "alice", testdevice.Options{Token: tok})
@@ -135,6 +145,9 @@ func TestBinaryEndToEnd(t *testing.T) {
 	p.stop(t)
 
 	p = start(t, env)
+	if log := strings.Join(p.early, "\n"); strings.Contains(log, "generated") || !strings.Contains(log, `msg="token secret" from=`+filepath.Join(data, "secret")) {
+		t.Fatalf("second start's log:\n%s", log)
+	}
 	bob = testdevice.ConnectV3(t, "tcp://"+p.mqtt, "bob", testdevice.Options{Token: tok})
 	bob.Publish(protocol.SyncTopic("bob"), 1, `{"after":0}`)
 	page := bob.Expect(protocol.ReplyTopic("bob")).Page(t)
@@ -157,8 +170,147 @@ func TestFlags(t *testing.T) {
 			t.Errorf("mqttd %v: no error", args)
 		}
 	}
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secretFile, []byte("0123456789abcdef0123\n"), 0o600)
+	if err := run(ctx, []string{"-secret", "0123456789abcdef", "-secret-file", secretFile, "-data", t.TempDir()}, io.Discard, io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "give one") {
+		t.Errorf("-secret and -secret-file: %v", err)
+	}
 	t.Setenv("MQTTD_MAX_INFLIGHT", "lots")
-	if _, err := parseFlags(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "MQTTD_MAX_INFLIGHT") {
+	if _, err := parseFlags(nil, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "MQTTD_MAX_INFLIGHT") {
 		t.Errorf("bad env number: %v", err)
+	}
+}
+
+// mqttdIn runs the binary in dir with args and the environment cleared of
+// MQTTD_ variables plus env, and returns its exit code, stdout and stderr.
+func mqttdIn(t *testing.T, dir string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MQTTD_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	// The race runtime sleeps a second at exit by default: not for these.
+	cmd.Env = append(append(cmd.Env, "GORACE=atexit_sleep_ms=0"), env...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+// TestTokenNeverCreatesSecret runs mqttd token where there is no secret, as
+// a newcomer would from another directory: it fails, names where it looked
+// and how to point it, and creates nothing.
+func TestTokenNeverCreatesSecret(t *testing.T) {
+	elsewhere := t.TempDir()
+	for _, args := range [][]string{{"token", "alice"}, {"token", "-data", "srv/data", "alice"}, {"token", "-admin", "ops"}} {
+		code, stdout, stderr := mqttdIn(t, elsewhere, nil, args...)
+		if code == 0 || stdout != "" {
+			t.Fatalf("mqttd %v without a secret: exit %d, printed %q", args, code, stdout)
+		}
+		want := filepath.Join(elsewhere, "data", "secret")
+		if args[1] == "-data" {
+			want = filepath.Join(elsewhere, "srv", "data", "secret")
+		}
+		for _, hint := range []string{want, "-data DIR", "MQTTD_DATA", "-secret-file FILE", "MQTTD_SECRET_FILE", "-secret", "MQTTD_SECRET"} {
+			if !strings.Contains(stderr, hint) {
+				t.Errorf("mqttd %v: message lacks %q:\n%s", args, hint, stderr)
+			}
+		}
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+		t.Fatalf("mqttd token created %v", entries)
+	}
+}
+
+// TestSecretFile: mqttd and mqttd token read the secret from -secret-file
+// or MQTTD_SECRET_FILE, so it need not be on the command line, visible in
+// ps; a device connects with the token so made.
+func TestSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "imbridge.secret")
+	if err := os.WriteFile(secretFile, []byte("  file-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	p := start(t, []string{"MQTTD_MQTT=127.0.0.1:0", "MQTTD_WS=", "MQTTD_HTTP=127.0.0.1:0", "MQTTD_DATA=" + data,
+		"MQTTD_SECRET=", "MQTTD_SECRET_FILE="}, "-secret-file", secretFile)
+	if log := strings.Join(p.early, "\n"); !strings.Contains(log, `msg="token secret" from=`+secretFile) {
+		t.Fatalf("log does not say where the secret is from:\n%s", log)
+	}
+	if _, err := os.Stat(filepath.Join(data, "secret")); !os.IsNotExist(err) {
+		t.Fatalf("mqttd generated a secret although given one: %v", err)
+	}
+	tok := func(user string) string {
+		code, stdout, stderr := mqttdIn(t, t.TempDir(), []string{"MQTTD_SECRET_FILE=" + secretFile}, "token", user)
+		if code != 0 {
+			t.Fatalf("mqttd token with MQTTD_SECRET_FILE: exit %d: %s", code, stderr)
+		}
+		return strings.TrimSpace(stdout)
+	}
+	bob := testdevice.ConnectV3(t, "tcp://"+p.mqtt, "bob", testdevice.Options{Token: tok})
+	bob.Close()
+	code, _, stderr := mqttdIn(t, dir, []string{"MQTTD_SECRET=" + strings.Repeat("s", 16)}, "token", "-secret-file", secretFile, "bob")
+	if code == 0 || !strings.Contains(stderr, "give one") {
+		t.Fatalf("-secret-file with MQTTD_SECRET: exit %d: %s", code, stderr)
+	}
+	p.stop(t)
+}
+
+// TestHelp: -h and -help print the usage to stdout and exit 0, for mqttd
+// and mqttd token; the usage says why -secret-file is there. A bad flag
+// still exits 2.
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"token", "-h"}, {"token", "-help"}} {
+		code, stdout, _ := mqttdIn(t, t.TempDir(), nil, args...)
+		if code != 0 || !strings.Contains(stdout, "Usage: mqttd") || !strings.Contains(stdout, "-secret-file") ||
+			!strings.Contains(stdout, "in ps") {
+			t.Errorf("mqttd %v: exit %d, stdout:\n%s", args, code, stdout)
+		}
+	}
+	for _, args := range [][]string{{"-nope"}, {"token", "-nope", "alice"}} {
+		if code, _, stderr := mqttdIn(t, t.TempDir(), nil, args...); code != 2 || !strings.Contains(stderr, "Usage: mqttd") {
+			t.Errorf("mqttd %v: exit %d, stderr:\n%s", args, code, stderr)
+		}
+	}
+}
+
+// TestTokenAudience: mqttd token -audience (or MQTTD_TOKEN_AUDIENCE, the
+// variable of mqttd -token-audience) mints tokens a verifier requiring that
+// audience accepts; without it, such a verifier refuses them.
+func TestTokenAudience(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	secret := "audience-secret-0123456789"
+	os.WriteFile(secretFile, []byte(secret), 0o600)
+	v, err := auth.NewVerifier([]byte(secret), auth.VerifierOptions{Audience: "chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		ok   bool
+	}{
+		{nil, []string{"-audience", "chat"}, true},
+		{[]string{"MQTTD_TOKEN_AUDIENCE=chat"}, nil, true},
+		{[]string{"MQTTD_TOKEN_AUDIENCE=chat"}, []string{"-admin"}, true},
+		{nil, nil, false},
+		{nil, []string{"-audience", "billing"}, false},
+	} {
+		args := append(append([]string{"token", "-secret-file", secretFile}, tc.args...), "alice")
+		code, stdout, stderr := mqttdIn(t, t.TempDir(), tc.env, args...)
+		if code != 0 {
+			t.Fatalf("%v %v: exit %d: %s", tc.env, args, code, stderr)
+		}
+		if _, err := v.Verify(strings.TrimSpace(stdout)); (err == nil) != tc.ok {
+			t.Errorf("%v %v: verify with audience chat: %v, want accepted %v", tc.env, args, err, tc.ok)
+		}
 	}
 }

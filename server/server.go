@@ -44,7 +44,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}, nil
+	return &Server{cfg: cfg, log: slog.New(newLogHandler(cfg.Logger.Handler()))}, nil
 }
 
 // MochiCapabilities returns the mochi settings imbridge runs with for this
@@ -73,7 +73,7 @@ func (s *Server) Start() (err error) {
 	s.mqtt = mqtt.New(&mqtt.Options{
 		Capabilities: s.cfg.MochiCapabilities(),
 		InlineClient: true,
-		Logger:       slog.New(demoteHandler{s.log.Handler()}).With("component", "mochi"),
+		Logger:       s.log.With("component", "mochi"),
 		// $SYS topics are refused by the ACL anyway; publish them rarely.
 		SysTopicResendInterval: 3600,
 	})
@@ -204,7 +204,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/v1/", s.bridge.Handler())
 	mux.Handle("GET /metrics", s.metricsHandler())
 	if s.cfg.DemoDir != "" {
-		mux.Handle("/demo/", http.StripPrefix("/demo/", http.FileServer(http.Dir(s.cfg.DemoDir))))
+		mux.Handle("/demo/", http.StripPrefix("/demo/", demoHandler(s.cfg.DemoDir)))
 	}
 	return mux
 }

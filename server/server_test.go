@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
@@ -29,13 +33,12 @@ func v3(t *testing.T, n *testserver.Node, user string, o opts) *testdevice.Devic
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testdevice.Wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	poll.For(t, poll.Total, poll.Interval, func() error {
+		if !cond() {
+			return fmt.Errorf("waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, not synchronising on time
-	}
+		return nil
+	})
 }
 
 // TestTruncatedSubscribeDoesNotKillTheServer sends the MQTT 5 SUBSCRIBE
@@ -147,7 +150,12 @@ func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
 		}
 		alice.Send(`{"to":"bob","data":"marker","id":"m` + fmt.Sprint(last) + `"}`)
 		last++
-		waitUntil(arrived, 200*time.Millisecond)
+		poll.Wait(200*time.Millisecond, poll.Interval, func() error {
+			if !arrived() {
+				return errors.New("no marker yet")
+			}
+			return nil
+		})
 	}
 	mu.Lock()
 	seen := map[uint64]bool{}
@@ -184,16 +192,6 @@ func TestSlowDeviceSeesGapAndSyncs(t *testing.T) {
 		t.Fatalf("shutdown with a stalled device: %v", err)
 	}
 	slow.Disconnect(0)
-}
-
-// waitUntil polls cond for at most d and reports whether it held.
-func waitUntil(cond func() bool, d time.Duration) bool {
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) { // polling a condition
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
 }
 
 // TestShutdownUnderChurn stops a node while devices connect, subscribe,
@@ -234,4 +232,81 @@ func TestShutdownUnderChurn(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// syncBuffer is a log destination tests read while the node writes.
+type syncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestLogsHoldNoPayloads runs a node logging at debug through everything a
+// device can make it log about its packets (sends, refused publishes and
+// subscriptions, a protocol error, a will, bad tokens): no payload and no
+// token appears, at any level, and a flood of refused CONNECTs is logged at
+// a bounded rate.
+func TestLogsHoldNoPayloads(t *testing.T) {
+	var logs syncBuffer
+	n := testserver.Start(t, func(c *server.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Limits.ConnectRatePerIP, c.Limits.ConnectRatePerUser = -1, -1
+	})
+	const mark = "PAYLOAD-MARK"
+	bob := v3(t, n, "bob", opts{})
+	alice := v3(t, n, "alice", opts{})
+	alice.Send(`{"to":"bob","data":"` + mark + `"}`)
+	bob.Expect(protocol.InboxTopic("bob"))
+	alice.Send(`{"to":"bob","data":"` + mark + `","onlineUserOnly":true}`)
+	alice.Send(`{"to":"bob","data":"` + mark + `"`) // not JSON: an error receipt
+	alice.Expect(protocol.ReplyTopic("alice"))
+
+	mal := n.Token("mal")
+	raw := testdevice.RawConnect(t, n.MQTTAddr(), 5, packets.ConnectParams{ClientIdentifier: "m5", Clean: true,
+		Username: []byte("mal"), Password: []byte(mal), WillFlag: true, WillTopic: protocol.SendTopic("mal"), WillPayload: []byte(mark)})
+	raw.PublishQoS1(5, protocol.SendTopic("bob"), mark) // another user's topic: refused by the ACL
+	raw3 := testdevice.RawConnect(t, n.MQTTAddr(), 4, packets.ConnectParams{ClientIdentifier: "m3", Clean: true,
+		Username: []byte("mal"), Password: []byte(mal)})
+	raw3.Write(packet(0x30, append(mqttString("users/+/send"), mark...))) // a wildcard topic: a protocol error
+	raw3.WaitClosed()
+
+	forged := strings.Repeat("T", 20) + ".TOKEN-MARK." + strings.Repeat("S", 20)
+	const floods = 200
+	for range floods {
+		code, err := testdevice.RawConnectCode(n.MQTTAddr(), packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 4, Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "f", Clean: true,
+				UsernameFlag: true, Username: []byte("mal"), PasswordFlag: true, Password: []byte(forged)}})
+		if err != nil || code != 5 {
+			t.Fatalf("forged token: CONNACK %d, %v; want 5", code, err)
+		}
+	}
+	raw.Write([]byte{0xe0, 0x00}) // DISCONNECT: the will is dropped
+	raw.WaitClosed()
+
+	out := logs.String()
+	for _, secret := range []string{mark, mal, "TOKEN-MARK"} {
+		asBytes := strings.Trim(fmt.Sprint([]byte(secret)), "[]") // how %v prints a []byte
+		if strings.Contains(out, secret) || strings.Contains(out, asBytes) {
+			t.Errorf("the log holds %q", secret)
+		}
+	}
+	refused := strings.Count(out, `msg="connection refused"`)
+	t.Logf("%d refused CONNECTs logged in %d lines", floods, refused)
+	if refused < 2 || refused > floods/4 {
+		t.Errorf("%d lines for %d refused CONNECTs, want a handful", refused, floods)
+	}
+	if t.Failed() {
+		t.Logf("log:\n%s", out)
+	}
 }

@@ -4,6 +4,7 @@ package scripts
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imbridge/imbridge/internal/needs"
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
 )
@@ -53,13 +55,12 @@ func TestScripts(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for n.Health().Clients == 0 { // watch.sh connected
-		if time.Now().After(deadline) {
-			t.Fatal("watch.sh did not connect")
+	poll.For(t, poll.Total, poll.Interval, func() error {
+		if n.Health().Clients == 0 {
+			return errors.New("watch.sh did not connect")
 		}
-		time.Sleep(10 * time.Millisecond) // polling a condition
-	}
+		return nil
+	})
 	expect := func(prefix, data string) {
 		t.Helper()
 		select {

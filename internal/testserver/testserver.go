@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/server"
 )
 
@@ -112,11 +113,10 @@ func (n *Node) HTTPURL() string { return fmt.Sprintf("http://%s", n.HTTPAddr()) 
 // it (a device's Close returns before the server has read its DISCONNECT).
 func (n *Node) WaitClients(want int64) {
 	n.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for n.Health().Clients != want {
-		if time.Now().After(deadline) {
-			n.t.Fatalf("%d clients connected, want %d", n.Health().Clients, want)
+	poll.For(n.t, poll.Total, poll.Interval, func() error {
+		if got := n.Health().Clients; got != want {
+			return fmt.Errorf("%d clients connected, want %d", got, want)
 		}
-		time.Sleep(2 * time.Millisecond) // polling a condition
-	}
+		return nil
+	})
 }
