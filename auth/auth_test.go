@@ -95,6 +95,9 @@ func TestReason(t *testing.T) {
 		if strings.Contains(Reason(err), string(secret)) {
 			t.Fatal("reason leaks the secret")
 		}
+	}
+}
+
 // TestVerifierOptions: the optional audience and longest lifetime, each
 // token against a verifier without options (which accepts them all) and
 // with them.
