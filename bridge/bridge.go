@@ -94,7 +94,7 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 	if !srv.Options.InlineClient || !ok {
 		return nil, ErrNoInlineClient
 	}
-	verifier, err := auth.NewVerifier(cfg.Secret)
+	verifier, err := auth.NewVerifier(cfg.Secret, cfg.Tokens)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,9 @@ type Config struct {
 	DBPath string
 	// Secret verifies tokens (HS256). Required, at least 16 bytes.
 	Secret []byte
+	// Tokens are the optional checks of tokens: a required audience and a
+	// longest lifetime. Zero: none.
+	Tokens auth.VerifierOptions
 	// MaxPayload is the largest payload of a send, history or sync request, and
 	// of an HTTP request body, in bytes. Default 64 KiB.
 	MaxPayload int

@@ -54,6 +54,7 @@ type options struct {
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
 	limits                                       bridge.Limits
+	tokens                                       auth.VerifierOptions
 	retentionAge                                 time.Duration
 	retentionCount                               int
 }
@@ -105,6 +106,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.data, "data", "./data", "data directory: history.db and the generated secret")
 	fs.StringVar(&o.secret, "secret", "", secretHelp+"; default: generated once into DATA/secret")
 	fs.StringVar(&o.secretFile, "secret-file", "", secretFileHelp)
+	fs.StringVar(&o.tokens.Audience, "token-audience", "", "if set, tokens must carry this \"aud\" (mqttd token -audience mints such tokens)")
+	fs.DurationVar(&o.tokens.MaxLifetime, "token-max-lifetime", 0, "refuse tokens valid for longer: exp-iat, or exp-now, over this; 0: no limit")
 	fs.StringVar(&o.logLevel, "log", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.demo, "demo", "", "serve the browser demo in this directory at /demo/: examples/browser, after npm ci there (its page, script and MQTT.js bundle only)")
 	fs.IntVar(&o.maxPayload, "max-payload", 64<<10, "largest send/history/sync request payload, bytes")
@@ -161,6 +164,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.tokens.MaxLifetime < 0 {
+		return errors.New("-token-max-lifetime must not be negative")
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return fmt.Errorf("-log: %w", err)
@@ -183,7 +189,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	srv, err := server.New(server.Config{
 		MQTTTLSAddr: o.mqtts, WSSAddr: o.wss, TLS: tlsConfig,
-		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret,
+		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret, Tokens: o.tokens,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
 		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
 		Retention: storage.Retention{MaxAge: o.retentionAge, MaxCount: uint64(max(0, o.retentionCount))},

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/protocol"
@@ -164,7 +166,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 func TestFlags(t *testing.T) {
 	ctx := context.Background()
 	for _, args := range [][]string{{"-nope"}, {"extra-arg"}, {"-log", "loud"}, {"-secret", "short"}, {"token"}, {"token", "not a user"},
-		{"-mqtts", "127.0.0.1:0"}, {"-wss", "127.0.0.1:0", "-tls-cert", "missing.pem", "-tls-key", "missing.key"}} {
+		{"-mqtts", "127.0.0.1:0"}, {"-token-max-lifetime", "-1h"}, {"-wss", "127.0.0.1:0", "-tls-cert", "missing.pem", "-tls-key", "missing.key"}} {
 		err := run(ctx, append(args, "-data", t.TempDir()), io.Discard, io.Discard)
 		if err == nil {
 			t.Errorf("mqttd %v: no error", args)
@@ -280,6 +282,41 @@ func TestHelp(t *testing.T) {
 			t.Errorf("mqttd %v: exit %d, stderr:\n%s", args, code, stderr)
 		}
 	}
+}
+
+// TestTokenChecks: a node started with -token-audience and
+// -token-max-lifetime refuses a device whose token lacks the audience or
+// lives too long, and accepts one minted with mqttd token -audience within
+// the lifetime.
+func TestTokenChecks(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secretFile, []byte("checks-secret-0123456789"), 0o600)
+	p := start(t, []string{"MQTTD_MQTT=127.0.0.1:0", "MQTTD_WS=", "MQTTD_HTTP=", "MQTTD_DATA=" + t.TempDir(),
+		"MQTTD_SECRET=", "MQTTD_SECRET_FILE=" + secretFile, "MQTTD_TOKEN_AUDIENCE=chat", "MQTTD_TOKEN_MAX_LIFETIME=24h"})
+	mint := func(args ...string) string {
+		code, stdout, stderr := mqttdIn(t, t.TempDir(), []string{"MQTTD_SECRET_FILE=" + secretFile}, append(append([]string{"token"}, args...), "bob")...)
+		if code != 0 {
+			t.Fatalf("mqttd token %v: %s", args, stderr)
+		}
+		return strings.TrimSpace(stdout)
+	}
+	for _, tc := range []struct {
+		args []string
+		want byte // CONNACK return code
+	}{
+		{[]string{"-audience", "chat"}, 0},
+		{nil, 5},
+		{[]string{"-audience", "billing"}, 5},
+		{[]string{"-audience", "chat", "-ttl", "48h"}, 5},
+	} {
+		code, err := testdevice.RawConnectCode(p.mqtt, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			ProtocolVersion: 4, Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "phone", Clean: true,
+				UsernameFlag: true, Username: []byte("bob"), PasswordFlag: true, Password: []byte(mint(tc.args...))}})
+		if err != nil || code != tc.want {
+			t.Errorf("token %v: CONNACK %d, %v; want %d", tc.args, code, err, tc.want)
+		}
+	}
+	p.stop(t)
 }
 
 // TestTokenAudience: mqttd token -audience (or MQTTD_TOKEN_AUDIENCE, the

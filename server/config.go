@@ -31,6 +31,9 @@ type Config struct {
 	DataDir string
 	// Secret verifies tokens. Required, at least 16 bytes.
 	Secret []byte
+	// Tokens are the optional checks of tokens (bridge.Config.Tokens): a
+	// required audience and a longest lifetime. Zero: none.
+	Tokens auth.VerifierOptions
 
 	// MaxPayload is the largest request payload in bytes (bridge.Config).
 	// Default 64 KiB. MQTT packets up to 4 times this size are read and a

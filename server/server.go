@@ -82,6 +82,7 @@ func (s *Server) Start() (err error) {
 		Observer:      s.metrics.observer(),
 		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
 		Secret:        s.cfg.Secret,
+		Tokens:        s.cfg.Tokens,
 		MaxPayload:    s.cfg.MaxPayload,
 		Limits:        s.cfg.Limits,
 		Retention:     s.cfg.Retention,
