@@ -472,7 +472,7 @@ func (g *gate) close() {
 	}
 }
 
-// counts returns the pre-login sockets now.
+// preLoginCount returns the number of pre-login sockets now.
 func (g *gate) preLoginCount() int64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
