@@ -57,6 +57,9 @@ type options struct {
 	tokens                                       auth.VerifierOptions
 	retentionAge                                 time.Duration
 	retentionCount                               int
+	connectTimeout                               time.Duration
+	maxConnectSize, maxConnsPerIP, maxPreLogin   int
+	wsOrigins                                    string
 }
 
 // envOr returns the environment variable name, or def.
@@ -121,6 +124,11 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.retentionCount, "retention-count", 0, "keep only the newest N stored messages of each conversation; 0 keeps all")
 	fs.DurationVar(&o.sessionExpiry, "session-expiry", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
+	fs.DurationVar(&o.connectTimeout, "connect-timeout", server.DefaultConnectTimeout, "time a socket has from accept to send a complete CONNECT (TLS handshake and WebSocket upgrade included)")
+	fs.IntVar(&o.maxConnectSize, "max-connect-size", server.DefaultMaxConnectSize, "largest CONNECT packet, bytes after its fixed header; larger closes the socket before its body is read")
+	fs.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", server.DefaultMaxConnsPerIP, "open sockets per IPv4 address or IPv6 /64, all listeners, logged in or not; -1: no cap")
+	fs.IntVar(&o.maxPreLogin, "max-prelogin", server.DefaultMaxPreLogin, "MQTT sockets without a complete CONNECT yet, all listeners; -1: no cap")
+	fs.StringVar(&o.wsOrigins, "ws-origins", "", "comma-separated origins (https://app.example.com) whose browser pages may use MQTT over WebSocket, or *; default: pages on the request's own host name")
 
 	// Every flag -some-name has the environment variable MQTTD_SOME_NAME,
 	// read through the flag's own parser; the command line wins over it.
@@ -193,6 +201,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
 		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
 		Retention: storage.Retention{MaxAge: o.retentionAge, MaxCount: uint64(max(0, o.retentionCount))},
+
+		ConnectTimeout: o.connectTimeout, MaxConnectSize: o.maxConnectSize, MaxConnsPerIP: o.maxConnsPerIP,
+		MaxPreLogin: o.maxPreLogin, WSOrigins: splitList(o.wsOrigins),
 	})
 	if err != nil {
 		return err
@@ -207,6 +218,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // errNoSecret is mqttd token's error when it finds no secret.

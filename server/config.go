@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/url"
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
@@ -17,7 +18,7 @@ import (
 // them; an empty address disables that listener.
 type Config struct {
 	MQTTAddr string // MQTT over TCP, e.g. ":1883"
-	WSAddr   string // MQTT over WebSocket, e.g. ":8083"; any path is accepted
+	WSAddr   string // MQTT over WebSocket, e.g. ":8083"; on the paths "/mqtt" and "/" only
 	HTTPAddr string // HTTP API and /healthz, e.g. ":8080"
 	// MQTTTLSAddr and WSSAddr serve MQTT over TLS and over WebSocket with
 	// TLS, e.g. ":8883" and ":8084", with the certificate in TLS. Off when
@@ -65,6 +66,35 @@ type Config struct {
 	Retention     storage.Retention
 	PruneInterval time.Duration
 
+	// ConnectTimeout is how long a socket has, from being accepted, to send
+	// a complete CONNECT (the TLS handshake and the WebSocket upgrade
+	// included); then it is closed. Default 5s.
+	ConnectTimeout time.Duration
+	// MaxConnectSize caps the CONNECT packet, in bytes after its fixed
+	// header: a larger one is closed, without CONNACK, as soon as its fixed
+	// header is read, before its body. Default 8 KiB, or the MQTT packet
+	// size (4 x MaxPayload) if smaller; at most that packet size.
+	MaxConnectSize int
+	// MaxConnsPerIP caps the open sockets of one IPv4 address or one IPv6
+	// /64, over all listeners (HTTP included), logged in or not; a socket
+	// over it is closed at once. Default 256 (carrier NAT puts many devices
+	// behind one address); -1: no cap.
+	MaxConnsPerIP int
+	// MaxPreLogin caps the MQTT sockets, over all MQTT listeners, that have
+	// not yet sent a complete CONNECT; a socket over it is closed at once.
+	// Default 4096; -1: no cap.
+	MaxPreLogin int
+	// WSOrigins lists the origins ("https://chat.example.com") whose browser
+	// pages may open MQTT over WebSocket; "*" allows every origin. Requests
+	// without an Origin header (not browsers) are always allowed. Empty:
+	// pages whose host name is the host name of the request's Host header,
+	// on any port and scheme (the demo on :8080 reaches :8083). Others get
+	// 403.
+	WSOrigins []string
+	// HTTP bounds the connections of the HTTP API listener. Zero fields take
+	// the defaults written beside them.
+	HTTP HTTPLimits
+
 	// DemoDir, if set, is served at /demo/ on the HTTP listener: the browser
 	// demo in examples/browser (after npm ci there). Off by default.
 	DemoDir string
@@ -73,11 +103,34 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// HTTPLimits bound the connections of the HTTP API (net/http.Server's
+// settings of the same names).
+type HTTPLimits struct {
+	ReadHeaderTimeout time.Duration // request line and headers; default 10s
+	ReadTimeout       time.Duration // the whole request, body included; default 30s
+	WriteTimeout      time.Duration // from the end of the request headers to the end of the response; default 30s
+	IdleTimeout       time.Duration // a keep-alive connection between requests; default 60s
+	MaxHeaderBytes    int           // request line and headers; default 16 KiB
+}
+
 // Defaults of Config.
 const (
 	DefaultMaxPendingWrites = 1024
 	DefaultMaxInflight      = 1024
 	DefaultSessionExpiry    = 24 * time.Hour
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultMaxConnectSize   = 8 << 10
+	DefaultMaxConnsPerIP    = 256
+	DefaultMaxPreLogin      = 4096
+)
+
+// Defaults of HTTPLimits.
+const (
+	DefaultHTTPReadHeaderTimeout = 10 * time.Second
+	DefaultHTTPReadTimeout       = 30 * time.Second
+	DefaultHTTPWriteTimeout      = 30 * time.Second
+	DefaultHTTPIdleTimeout       = 60 * time.Second
+	DefaultHTTPMaxHeaderBytes    = 16 << 10
 )
 
 func (c Config) withDefaults() Config {
@@ -95,6 +148,34 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = time.Second
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.MaxConnectSize == 0 {
+		c.MaxConnectSize = min(DefaultMaxConnectSize, 4*c.MaxPayload)
+	}
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if c.MaxPreLogin == 0 {
+		c.MaxPreLogin = DefaultMaxPreLogin
+	}
+	h := &c.HTTP
+	if h.ReadHeaderTimeout == 0 {
+		h.ReadHeaderTimeout = DefaultHTTPReadHeaderTimeout
+	}
+	if h.ReadTimeout == 0 {
+		h.ReadTimeout = DefaultHTTPReadTimeout
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = DefaultHTTPWriteTimeout
+	}
+	if h.IdleTimeout == 0 {
+		h.IdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if h.MaxHeaderBytes == 0 {
+		h.MaxHeaderBytes = DefaultHTTPMaxHeaderBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -122,6 +203,35 @@ func (c Config) validate() error {
 		return fmt.Errorf("server: Config.SessionExpiry %v is out of range", c.SessionExpiry)
 	case c.ShutdownGrace < 0:
 		return errors.New("server: Config.ShutdownGrace is negative")
+	case c.ConnectTimeout < 0:
+		return errors.New("server: Config.ConnectTimeout is negative")
+	case c.MaxConnectSize < 64 || c.MaxConnectSize > 4*c.MaxPayload:
+		return fmt.Errorf("server: Config.MaxConnectSize %d is outside 64 bytes to the packet size %d", c.MaxConnectSize, 4*c.MaxPayload)
+	case c.MaxConnsPerIP < -1:
+		return fmt.Errorf("server: Config.MaxConnsPerIP %d is below -1", c.MaxConnsPerIP)
+	case c.MaxPreLogin < -1:
+		return fmt.Errorf("server: Config.MaxPreLogin %d is below -1", c.MaxPreLogin)
+	case c.HTTP.ReadHeaderTimeout < 0 || c.HTTP.ReadTimeout < 0 || c.HTTP.WriteTimeout < 0 || c.HTTP.IdleTimeout < 0:
+		return errors.New("server: a Config.HTTP timeout is negative")
+	case c.HTTP.MaxHeaderBytes < 1<<10:
+		return fmt.Errorf("server: Config.HTTP.MaxHeaderBytes %d is below 1 KiB", c.HTTP.MaxHeaderBytes)
+	}
+	for _, o := range c.WSOrigins {
+		if err := checkOrigin(o); err != nil {
+			return fmt.Errorf("server: Config.WSOrigins: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkOrigin accepts "*" and origins of the form scheme://host[:port].
+func checkOrigin(o string) error {
+	if o == "*" {
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("%q is not * or an origin such as https://chat.example.com", o)
 	}
 	return nil
 }

@@ -71,6 +71,10 @@ func TestMetrics(t *testing.T) {
 		`imbridge_rejected_total{reason="invalid_to"} 1`,
 		`imbridge_store_commit_messages_count 1`,
 		`imbridge_history_query_seconds_count{kind="sync"} 1`,
+		`imbridge_prelogin_sockets 0`,
+		`imbridge_sockets_closed_total{reason="connect_timeout"} 0`,
+		`imbridge_accept_errors_total{listener="tcp"} 0`,
+		`imbridge_listener_degraded{listener="ws"} 0`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {

@@ -65,10 +65,15 @@ var (
 	descDrops       = prometheus.NewDesc("imbridge_delivery_drops_total", "Deliveries mochi dropped for a slow device, by the queue that was full.", []string{"queue"}, nil)
 	descPanics      = prometheus.NewDesc("imbridge_panics_total", "Connections closed by the panic guard.", nil, nil)
 	descPruned      = prometheus.NewDesc("imbridge_pruned_total", "Messages removed from the history by the retention.", nil, nil)
+	descAcceptErrs  = prometheus.NewDesc("imbridge_accept_errors_total", "Accept errors (EMFILE, ...) of each listener; each is retried.", []string{"listener"}, nil)
+	descDegraded    = prometheus.NewDesc("imbridge_listener_degraded", "1 while a listener fails to accept (an error in the last 5 s and no socket since).", []string{"listener"}, nil)
+	descPreLogin    = prometheus.NewDesc("imbridge_prelogin_sockets", "MQTT sockets that have not sent a complete CONNECT yet.", nil, nil)
+	descSockClosed  = prometheus.NewDesc("imbridge_sockets_closed_total", "Sockets closed before login by the listeners' limits, by reason.", []string{"reason"}, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descPruned} {
+	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descPruned,
+		descAcceptErrs, descDegraded, descPreLogin, descSockClosed} {
 		ch <- d
 	}
 }
@@ -101,6 +106,19 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDrops, h.Dropped, "inflight")
 	counter(descPanics, h.Panics)
 	counter(descPruned, b.Pruned)
+	now := time.Now()
+	for _, l := range c.s.gate.listeners() {
+		counter(descAcceptErrs, l.errors.Load(), l.id)
+		degraded := int64(0)
+		if l.degraded(now) {
+			degraded = 1
+		}
+		gauge(descDegraded, degraded, l.id)
+	}
+	gauge(descPreLogin, h.PreLogin)
+	for reason, n := range c.s.gate.refused {
+		counter(descSockClosed, n.Load(), reason)
+	}
 }
 
 // metricsHandler serves /metrics.

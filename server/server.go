@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,7 @@ type Server struct {
 
 	mqttAddr, wsAddr, mqttsAddr, wssAddr string // bound addresses, set by Start
 
+	gate     *gate // admits the sockets of every listener
 	metrics  *metrics
 	panics   atomic.Int64
 	stopOnce sync.Once
@@ -44,7 +46,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: slog.New(newLogHandler(cfg.Logger.Handler()))}, nil
+	return &Server{cfg: cfg, log: slog.New(newLogHandler(cfg.Logger.Handler())), gate: newGate(cfg)}, nil
 }
 
 // MochiCapabilities returns the mochi settings imbridge runs with for this
@@ -103,10 +105,16 @@ func (s *Server) Start() (err error) {
 		bound *string
 		make  func() listeners.Listener
 	}{
-		{s.cfg.MQTTAddr, &s.mqttAddr, func() listeners.Listener { return newTCPListener("tcp", s.cfg.MQTTAddr, nil) }},
-		{s.cfg.WSAddr, &s.wsAddr, func() listeners.Listener { return newWSListener("ws", s.cfg.WSAddr, nil) }},
-		{s.cfg.MQTTTLSAddr, &s.mqttsAddr, func() listeners.Listener { return newTCPListener("tls", s.cfg.MQTTTLSAddr, s.cfg.TLS) }},
-		{s.cfg.WSSAddr, &s.wssAddr, func() listeners.Listener { return newWSListener("wss", s.cfg.WSSAddr, s.cfg.TLS) }},
+		{s.cfg.MQTTAddr, &s.mqttAddr, func() listeners.Listener { return newTCPListener("tcp", s.cfg.MQTTAddr, nil, s.gate, s.log) }},
+		{s.cfg.WSAddr, &s.wsAddr, func() listeners.Listener {
+			return newWSListener("ws", s.cfg.WSAddr, nil, s.gate, s.cfg.WSOrigins, s.log)
+		}},
+		{s.cfg.MQTTTLSAddr, &s.mqttsAddr, func() listeners.Listener {
+			return newTCPListener("tls", s.cfg.MQTTTLSAddr, s.cfg.TLS, s.gate, s.log)
+		}},
+		{s.cfg.WSSAddr, &s.wssAddr, func() listeners.Listener {
+			return newWSListener("wss", s.cfg.WSSAddr, s.cfg.TLS, s.gate, s.cfg.WSOrigins, s.log)
+		}},
 	} {
 		if l.addr == "" {
 			continue
@@ -116,10 +124,13 @@ func (s *Server) Start() (err error) {
 		}
 	}
 	if s.cfg.HTTPAddr != "" {
-		if s.httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+		if err = listen(&s.httpLn, "http", s.cfg.HTTPAddr, nil, s.gate, false, s.log); err != nil {
 			return fmt.Errorf("server: http listener: %w", err)
 		}
-		s.httpSrv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		h := s.cfg.HTTP
+		s.httpSrv = &http.Server{Handler: s.Handler(),
+			ReadHeaderTimeout: h.ReadHeaderTimeout, ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout,
+			IdleTimeout: h.IdleTimeout, MaxHeaderBytes: h.MaxHeaderBytes}
 		go func() { _ = s.httpSrv.Serve(s.httpLn) }()
 		s.log.Info("listening", "kind", "http", "addr", s.HTTPAddr())
 	}
@@ -130,7 +141,7 @@ func (s *Server) Start() (err error) {
 }
 
 func (s *Server) addListener(l listeners.Listener) (string, error) {
-	g := &guarded{Listener: l, srv: s.mqtt, log: s.log, panics: &s.panics,
+	g := &guarded{Listener: l, srv: s.mqtt, gate: s.gate, log: s.log, panics: &s.panics,
 		onDrop: func(cl *mqtt.Client, err error) { s.bridge.OnDisconnect(cl, err, true) }}
 	if err := s.mqtt.AddListener(g); err != nil {
 		return "", fmt.Errorf("server: %s listener: %w", l.ID(), err)
@@ -165,23 +176,36 @@ func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
 
 // Health is the body of GET /healthz.
 type Health struct {
-	Status    string       `json:"status"`
-	Epoch     string       `json:"epoch"`
-	Clients   int64        `json:"clients"`           // connected devices
-	Subs      int64        `json:"subscriptions"`     // subscriptions of all sessions
-	Bridge    bridge.Stats `json:"bridge"`            // message counters
-	Commits   uint64       `json:"commits"`           // history commits
-	Appended  uint64       `json:"appended"`          // appends in them
-	Inflight  int64        `json:"inflight"`          // QoS 1 deliveries awaiting the device's PUBACK
-	Dropped   int64        `json:"inflightDropped"`   // QoS 1 deliveries dropped: session inflight full
-	QueueFull int64        `json:"writeQueueDropped"` // deliveries dropped: device write queue full
-	Panics    int64        `json:"panics"`            // connections closed by the panic guard
+	Status    string        `json:"status"`                      // "ok", or "degraded" while a listener fails to accept
+	Degraded  []string      `json:"degradedListeners,omitempty"` // listeners that failed to accept in the last 5 s and accepted nothing since
+	Accept    int64         `json:"acceptErrors"`                // Accept errors of all listeners (EMFILE, ...), each retried
+	Epoch     string        `json:"epoch"`
+	Clients   int64         `json:"clients"`           // connected devices
+	Subs      int64         `json:"subscriptions"`     // subscriptions of all sessions
+	Bridge    bridge.Stats  `json:"bridge"`            // message counters
+	Commits   uint64        `json:"commits"`           // history commits
+	Appended  uint64        `json:"appended"`          // appends in them
+	Inflight  int64         `json:"inflight"`          // QoS 1 deliveries awaiting the device's PUBACK
+	Dropped   int64         `json:"inflightDropped"`   // QoS 1 deliveries dropped: session inflight full
+	QueueFull int64         `json:"writeQueueDropped"` // deliveries dropped: device write queue full
+	Panics    int64         `json:"panics"`            // connections closed by the panic guard
+	PreLogin  int64         `json:"preLogin"`          // MQTT sockets that have not sent a complete CONNECT yet
+	Closed    SocketsClosed `json:"socketsClosed"`     // sockets closed by the listeners' limits
+}
+
+// SocketsClosed counts the sockets the listeners closed before login, by
+// reason.
+type SocketsClosed struct {
+	IPLimit         int64 `json:"ipLimit"`         // over Config.MaxConnsPerIP
+	PreLoginLimit   int64 `json:"preLoginLimit"`   // over Config.MaxPreLogin
+	ConnectTimeout  int64 `json:"connectTimeout"`  // no complete CONNECT within Config.ConnectTimeout
+	ConnectTooLarge int64 `json:"connectTooLarge"` // CONNECT over Config.MaxConnectSize
 }
 
 // Health returns the node's counters.
 func (s *Server) Health() Health {
 	st := s.bridge.StoreStats()
-	return Health{
+	h := Health{
 		Status: "ok", Epoch: s.bridge.Epoch(),
 		Clients: atomic.LoadInt64(&s.mqtt.Info.ClientsConnected),
 		Subs:    atomic.LoadInt64(&s.mqtt.Info.Subscriptions),
@@ -191,7 +215,26 @@ func (s *Server) Health() Health {
 		Dropped:   atomic.LoadInt64(&s.mqtt.Info.InflightDropped),
 		QueueFull: atomic.LoadInt64(&s.mqtt.Info.MessagesDropped),
 		Panics:    s.panics.Load(),
+		PreLogin:  s.gate.preLoginCount(),
+		Closed: SocketsClosed{
+			IPLimit:         s.gate.refused[closedIPLimit].Load(),
+			PreLoginLimit:   s.gate.refused[closedPreLoginLimit].Load(),
+			ConnectTimeout:  s.gate.refused[closedConnectTimeout].Load(),
+			ConnectTooLarge: s.gate.refused[closedConnectTooLarge].Load(),
+		},
 	}
+	now := time.Now()
+	for _, l := range s.gate.listeners() {
+		h.Accept += l.errors.Load()
+		if l.degraded(now) {
+			h.Degraded = append(h.Degraded, l.id)
+		}
+	}
+	if len(h.Degraded) > 0 {
+		h.Status = "degraded"
+		slices.Sort(h.Degraded)
+	}
+	return h
 }
 
 // Handler returns the node's HTTP API: /healthz, /metrics (Prometheus), the
@@ -226,6 +269,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("server: http: %w", err))
 		}
 	}
+	s.gate.close() // sockets without a CONNECT never reach mochi
 	// A device that stopped reading would block the DISCONNECT write, and
 	// with it mochi's Close: bound every write from here on.
 	deadline := time.Now().Add(s.cfg.ShutdownGrace)
@@ -267,6 +311,7 @@ func (s *Server) closeAll() {
 	} else if s.httpLn != nil {
 		s.httpLn.Close()
 	}
+	s.gate.close()
 	_ = s.mqtt.Close()
 	_ = s.bridge.Close()
 }
