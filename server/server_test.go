@@ -287,8 +287,8 @@ func TestLogsHoldNoPayloads(t *testing.T) {
 		code, err := testdevice.RawConnectCode(n.MQTTAddr(), packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
 			ProtocolVersion: 4, Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "f", Clean: true,
 				UsernameFlag: true, Username: []byte("mal"), PasswordFlag: true, Password: []byte(forged)}})
-		if err != nil || code != 5 {
-			t.Fatalf("forged token: CONNACK %d, %v; want 5", code, err)
+		if err != nil || (code != 5 && code != 3) { // 3: the address's failed logins ran out
+			t.Fatalf("forged token: CONNACK %d, %v; want 5 or 3", code, err)
 		}
 	}
 	raw.Write([]byte{0xe0, 0x00}) // DISCONNECT: the will is dropped
