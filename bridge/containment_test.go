@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/imbridge/imbridge/bridge"
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
@@ -492,12 +493,13 @@ func TestCloseTwiceAtOnce(t *testing.T) {
 
 var _ = bridge.Stats{}
 
-// waitFor polls cond until it holds, failing the test after testdevice.Wait.
+// waitFor polls cond until it holds, failing the test after poll.Total.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(testdevice.Wait); !cond(); time.Sleep(5 * time.Millisecond) { // polling a condition
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, testdevice.Wait)
+	poll.For(t, poll.Total, poll.Interval, func() error {
+		if !cond() {
+			return fmt.Errorf("%s: not yet", what)
 		}
-	}
+		return nil
+	})
 }

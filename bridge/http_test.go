@@ -188,13 +188,7 @@ func TestRetention(t *testing.T) {
 		httpSend(t, n, admin, fmt.Sprintf(`{"from":"alice","to":"bob","data":%d}`, i))
 	}
 	httpSend(t, n, admin, `{"from":"carol","to":"bob","data":"c"}`)
-	deadline := time.Now().Add(10 * time.Second)
-	for n.Health().Bridge.Pruned < 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("nothing pruned")
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition
-	}
+	waitFor(t, "3 messages pruned", func() bool { return n.Health().Bridge.Pruned >= 3 })
 	if p := httpHistory(t, n, n.Token("bob"), "with=alice"); seqs(p) != "4 5" {
 		t.Fatalf("alice|bob keeps %s", seqs(p))
 	}
