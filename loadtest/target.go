@@ -100,7 +100,7 @@ func serve(kind, dataDir string, secret []byte) error {
 		mqttAddr, httpAddr = a[0], a[1]
 	}
 	cfg := server.Config{MQTTAddr: mqttAddr, HTTPAddr: httpAddr, DataDir: dataDir, Secret: secret,
-		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, MaxDevicesPerUser: 100}, MaxConnsPerIP: -1}
+		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, QueryRate: -1, MaxDevicesPerUser: 100}, MaxConnsPerIP: -1}
 	var r ready
 	var bridge *server.Server
 	var info *system.Info
