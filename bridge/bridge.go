@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -137,9 +138,19 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 	return b, nil
 }
 
-// runPrune applies the retention every PruneInterval until Close.
+// runPrune applies the retention every PruneInterval until Close, which
+// also stops a pass under way.
 func (b *Bridge) runPrune() {
 	defer close(b.pruneDone)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-b.stopPrune:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	tick := time.NewTicker(b.cfg.PruneInterval)
 	defer tick.Stop()
 	for {
@@ -147,9 +158,9 @@ func (b *Bridge) runPrune() {
 		case <-b.stopPrune:
 			return
 		case now := <-tick.C:
-			n, err := b.store.Prune(b.cfg.Retention, now)
+			n, err := b.store.Prune(ctx, b.cfg.Retention, now)
 			b.stats.pruned.Add(int64(n))
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				b.log.Error("pruning the history", "error", err)
 			} else if n > 0 {
 				b.log.Debug("history pruned", "messages", n)

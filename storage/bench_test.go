@@ -3,11 +3,14 @@ package storage
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -110,5 +113,70 @@ func BenchmarkHistoryNewest50(b *testing.B) {
 		if p, err := s.History("alice", "bob", HistoryFilter{Limit: 50}); err != nil || len(p.Messages) != 50 {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkPrunePass200k times a prune pass over 200,000 conversations with
+// nothing to remove (ns/op) while one sender appends flat out, and reports
+// that sender's append latencies during the passes, and how long Close
+// takes when called in the middle of a pass.
+func BenchmarkPrunePass200k(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "h.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Now()
+	fillConversations(b, s, "", 200_000, now)
+	r := Retention{MaxAge: time.Hour}
+	var lat []time.Duration // owned by the sender until done
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			start := time.Now()
+			if _, err := s.Append(context.Background(), msg("x", "y", "", i)); err != nil {
+				b.Error(err)
+				return
+			}
+			lat = append(lat, time.Since(start))
+		}
+	}()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := s.Prune(context.Background(), r, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	close(stop)
+	<-done
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	b.ReportMetric(float64(len(lat))/float64(b.N), "appends/pass")
+	b.ReportMetric(ms(lat[len(lat)/2]), "append-p50-ms")
+	b.ReportMetric(ms(lat[len(lat)*99/100]), "append-p99-ms")
+	b.ReportMetric(ms(lat[len(lat)-1]), "append-max-ms")
+
+	half := make(chan struct{})
+	steps := 0
+	s.pruneStep = func() {
+		if steps++; steps == 100 {
+			close(half)
+		}
+	}
+	pruned := make(chan error, 1)
+	go func() { _, err := s.Prune(context.Background(), r, now); pruned <- err }()
+	<-half
+	start := time.Now()
+	s.Close()
+	b.ReportMetric(ms(time.Since(start)), "close-ms")
+	if err := <-pruned; !errors.Is(err, ErrClosed) {
+		b.Errorf("prune stopped by Close: %v", err)
 	}
 }

@@ -16,3 +16,11 @@ var (
 	// ErrClosed is returned by calls made after Close.
 	ErrClosed = errors.New("storage: closed")
 )
+
+// Errors of one append.
+var (
+	// ErrQuotaExceeded is returned by Append for a message that would take
+	// its sender over Options.MaxUserBytes. Nothing was stored; the other
+	// appends of the same commit are not affected.
+	ErrQuotaExceeded = errors.New("storage: quota exceeded")
+)

@@ -93,6 +93,9 @@ func scan(c *bolt.Cursor, prefix []byte, f HistoryFilter, visit func(k, v []byte
 	key := func(n uint64) []byte { return append(append(make([]byte, 0, len(prefix)+8), prefix...), u64(n)...) }
 	in := func(k []byte) bool { return len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix) }
 	if f.After > 0 || f.forward {
+		if f.After == math.MaxUint64 {
+			return nil // nothing follows the last possible seq; After+1 would wrap to the first
+		}
 		n := 0
 		for k, v := c.Seek(key(f.After + 1)); in(k); k, v = c.Next() {
 			if n == f.Limit {

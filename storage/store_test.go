@@ -367,7 +367,7 @@ func TestPrune(t *testing.T) {
 	recent := msg("carol", "bob", "", 100)
 	recent.Time = now.UnixMilli()
 	s.Append(ctx, recent)
-	n, err := s.Prune(Retention{MaxCount: 4}, now)
+	n, err := s.Prune(context.Background(), Retention{MaxCount: 4}, now)
 	if err != nil || n != 2 {
 		t.Fatalf("pruned %d (%v), want the 2 oldest of alice|bob", n, err)
 	}
@@ -375,7 +375,7 @@ func TestPrune(t *testing.T) {
 	if seqs := fmt.Sprint(p.Messages[0].Seq, len(p.Messages)); seqs != "3 4" {
 		t.Fatalf("kept from seq/count %s, want 3 4", seqs)
 	}
-	n, _ = s.Prune(Retention{MaxAge: 150 * time.Minute}, now)
+	n, _ = s.Prune(context.Background(), Retention{MaxAge: 150 * time.Minute}, now)
 	if n != 2 {
 		t.Fatalf("age pruning removed %d, want 2 (4h and 3h old)", n)
 	}
@@ -400,7 +400,7 @@ func TestPrune(t *testing.T) {
 	if dup, _ := s.Append(ctx, msg("alice", "bob", "c6", 6)); !dup.Duplicate {
 		t.Fatal("retry record of a kept message was pruned")
 	}
-	if n, _ := s.Prune(Retention{}, now); n != 0 {
+	if n, _ := s.Prune(context.Background(), Retention{}, now); n != 0 {
 		t.Fatal("an empty retention pruned")
 	}
 }

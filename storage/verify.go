@@ -20,9 +20,12 @@ func Verify(path string, lockTimeout time.Duration) error {
 		if tx.Bucket(bucketMeta) == nil {
 			return fmt.Errorf("%w: %s has no meta bucket", ErrForeign, path)
 		}
-		for err := range tx.Check() {
-			return fmt.Errorf("storage: verify %s: %w", path, err)
+		var first error
+		for err := range tx.Check() { // read to the end: the checker goroutine stops only then
+			if first == nil {
+				first = fmt.Errorf("storage: verify %s: %w", path, err)
+			}
 		}
-		return nil
+		return first
 	})
 }
