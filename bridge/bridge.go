@@ -118,10 +118,11 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		fanoutDone:  make(chan struct{}),
 	}
 	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
-		LockTimeout: cfg.LockTimeout,
-		OnCommit:    b.queueFanout,
-		Observe:     cfg.Observer.Commit,
-		Logger:      cfg.Logger,
+		LockTimeout:  cfg.LockTimeout,
+		MaxUserBytes: uint64(cfg.MaxUserBytes),
+		OnCommit:     b.queueFanout,
+		Observe:      cfg.Observer.Commit,
+		Logger:       cfg.Logger,
 	})
 	if err != nil {
 		return nil, err

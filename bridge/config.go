@@ -103,6 +103,10 @@ type Limits struct {
 	// device is away): a delivery beyond it is skipped and counted, and the
 	// device fills the gap by sync. Default 8 MiB.
 	MaxSessionBytes int64
+	// MaxUserBytes caps the bytes of stored messages a user has sent that the
+	// history still holds (retention frees them); a send over it gets error
+	// quota_exceeded. Default 1 GiB; -1 turns it off.
+	MaxUserBytes int64
 }
 
 // Defaults of Config.
@@ -112,6 +116,7 @@ const (
 	DefaultMaxSubscriptions  = 16
 	DefaultOnlineRetryWindow = 2 * time.Minute
 	DefaultMaxSessionBytes   = 8 << 20
+	DefaultMaxUserBytes      = 1 << 30
 	DefaultSendTimeout       = 10 * time.Second
 )
 
@@ -147,6 +152,12 @@ func (c Config) withDefaults() Config {
 	defaultRate(&c.LoginFailureRatePerIP, &c.LoginFailureBurstPerIP, 0.2, 20)
 	defaultRate(&c.SendRate, &c.SendBurst, 50, 100)
 	defaultRate(&c.QueryRate, &c.QueryBurst, 20, 50)
+	switch c.MaxUserBytes {
+	case 0:
+		c.MaxUserBytes = DefaultMaxUserBytes
+	case -1:
+		c.MaxUserBytes = 0 // storage: no limit
+	}
 	if c.MaxSessionBytes == 0 {
 		c.MaxSessionBytes = DefaultMaxSessionBytes
 	}

@@ -270,11 +270,11 @@ func TestDeepReplyFiltersRefused(t *testing.T) {
 	d := v3(t, n, "mallory", opts{Subscribe: []string{}})
 	base := protocol.ReplyTopic("mallory") + "/"
 	for filter, ok := range map[string]bool{
-		base + "a/b/c/d":                           true,
-		base + "a/b/c/d/e":                         false,
-		base + strings.Repeat("x/", 32000) + "x":   false,
-		base + strings.Repeat("y", 300):            false,
-		base + "#":                                 true,
+		base + "a/b/c/d":                          true,
+		base + "a/b/c/d/e":                        false,
+		base + strings.Repeat("x/", 32000) + "x":  false,
+		base + strings.Repeat("y", 300):           false,
+		base + "#":                                true,
 		protocol.ReplyTopic("mallory") + "/a/+/#": true,
 	} {
 		if code := d.SubscribeV3(filter); (code < 0x80) != ok {
@@ -502,4 +502,39 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		return nil
 	})
+}
+
+// TestStorageQuota: a user over the storage quota gets quota_exceeded
+// (MQTT 5 PUBACK 0x97, HTTP 403); nothing is stored, the connection stays
+// up, and other users still send.
+func TestStorageQuota(t *testing.T) {
+	n := testserver.Start(t, func(c *server.Config) { c.Limits.MaxUserBytes = 4000 })
+	alice := v3(t, n, "alice", opts{Subscribe: []string{protocol.ReplyTopic("alice")}})
+	body := strings.Repeat("x", 900)
+	stored := 0
+	for i := range 10 {
+		alice.Send(fmt.Sprintf(`{"to":"bob","id":"q%d","data":"%s"}`, i, body))
+		r := alice.Expect(protocol.ReplyTopic("alice")).Receipt(t)
+		if r.Status == protocol.StatusStored {
+			stored++
+			continue
+		}
+		if r.Error == nil || r.Error.Code != protocol.CodeQuota {
+			t.Fatalf("receipt %+v, want stored or quota_exceeded", r)
+		}
+	}
+	if stored == 0 || stored == 10 {
+		t.Fatalf("%d of 10 messages of 900 bytes stored under a quota of 4000 bytes", stored)
+	}
+	a5 := v5(t, n, "alice", opts{})
+	if code := a5.PublishV5(protocol.SendTopic("alice"), 1, `{"to":"bob","data":"`+body+`"}`, nil); code != 0x97 {
+		t.Fatalf("MQTT 5 PUBACK %#x, want 0x97", code)
+	}
+	if !alice.Connected() {
+		t.Fatal("the MQTT 3.1.1 connection was closed; a quota refusal is final, a resend would not help")
+	}
+	v3(t, n, "carol", opts{}).Send(`{"to":"bob","data":1}`)
+	if p := httpHistory(t, n, n.Token("bob"), "with=alice"); len(p.Messages) != stored {
+		t.Fatalf("history holds %d of alice's messages, want %d", len(p.Messages), stored)
+	}
 }

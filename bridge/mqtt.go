@@ -127,7 +127,7 @@ func ackError(cl *mqtt.Client, pk packets.Packet, e *protocol.Error) error {
 		c := codeStoreFailed
 		c.Reason = e.Message
 		return c
-	case protocol.CodeRateLimited:
+	case protocol.CodeRateLimited, protocol.CodeQuota:
 		c := codeQuota
 		c.Reason = e.Message
 		return c

@@ -50,11 +50,15 @@ func (b *Bridge) send(ctx context.Context, from string, req protocol.SendRequest
 func (b *Bridge) sendStored(ctx context.Context, m protocol.Message) protocol.Receipt {
 	a, err := b.store.Append(ctx, m)
 	if err != nil {
-		b.stats.storeErrors.Add(1)
+		if !errors.Is(err, storage.ErrQuotaExceeded) {
+			b.stats.storeErrors.Add(1)
+		}
 		code, msg := protocol.CodeStoreFailed, "message not stored: "+err.Error()
 		switch {
 		case errors.Is(err, storage.ErrClosed):
 			code = protocol.CodeUnavailable
+		case errors.Is(err, storage.ErrQuotaExceeded):
+			code, msg = protocol.CodeQuota, "nothing stored: "+m.From+"'s stored messages reached the storage quota of the server"
 		case errors.Is(err, context.DeadlineExceeded):
 			msg = "the history did not confirm the message in time; it may still be stored: retry with the same id"
 		}

@@ -121,6 +121,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.limits.ConnectRatePerUser, "connect-rate-user", 5, "CONNECT attempts per second per user, bursts of 30, charged only after the token is verified; -1: no limit")
 	fs.Float64Var(&o.limits.LoginFailureRatePerIP, "login-failure-rate-ip", 0.2, "failed logins per second per IP (IPv6: per /64), bursts of 20; past them the address's CONNECTs are refused; -1: no limit")
 	fs.Float64Var(&o.limits.QueryRate, "query-rate", 20, "history and sync requests per second per user, bursts of 50; -1: no limit")
+	fs.Int64Var(&o.limits.MaxUserBytes, "max-user-bytes", 1<<30, "bytes of stored messages one user may have sent that the history still holds (retention frees them); over it sends get quota_exceeded; -1: no limit")
 	fs.Int64Var(&o.limits.MaxSessionBytes, "max-session-bytes", 8<<20, "stored-message bytes one session may hold in flight or queued while away; beyond it deliveries are skipped and found by sync")
 	fs.Float64Var(&o.limits.SendRate, "send-rate", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
 	fs.DurationVar(&o.retentionAge, "retention-age", 0, "prune stored messages older than this, per conversation; 0 keeps them")
