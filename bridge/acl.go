@@ -83,6 +83,18 @@ func (b *Bridge) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if d == nil || d.subscribing.Load() {
 		return true // a SUBSCRIBE's filter, not a delivery
 	}
+	// A stored-message delivery, on runFanout's goroutine.
+	if only := b.delivery.only; only != "" && only != cl.ID {
+		return false // a held-back message, for one session only
+	}
+	if d.client != cl || !d.established.Load() || b.waitsFor(cl.ID) {
+		// The session is being taken over or its CONNACK is not written
+		// yet, or older messages wait for it: hold this one back too.
+		if !b.holdBack(cl.ID, b.delivery.payload) {
+			b.stats.budgetDrops.Add(1)
+		}
+		return false
+	}
 	if size := b.fanoutSize.Load(); d.held.Load()+size > b.cfg.MaxSessionBytes {
 		d.reconcile(cl) // mochi may have rolled back deliveries without a hook
 		if d.held.Load()+size > b.cfg.MaxSessionBytes {

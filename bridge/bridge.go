@@ -44,9 +44,12 @@ type Bridge struct {
 	replyTurns [64]sync.Mutex // reply publishes to one topic (by hash) take turns; see reply
 	askers     sync.Map       // reply topic -> client ID of the device its current publish is for
 
-	fanout     fanoutQueue   // committed appends, in commit order
-	fanoutSize atomic.Int64  // payload size of the stored message being delivered; see OnACLCheck
-	fanoutDone chan struct{} // closed when runFanout has delivered everything and returned
+	fanout     fanoutQueue          // committed appends, in commit order
+	fanoutSize atomic.Int64         // payload size of the stored message being delivered; see OnACLCheck
+	fanoutDone chan struct{}        // closed when runFanout has delivered everything and returned
+	delivery   delivery             // the stored message being delivered; owned by runFanout
+	waitingMu  sync.Mutex           // guards waiting
+	waiting    map[string]*heldBack // by client ID: deliveries waiting for their session
 	closeOnce  sync.Once
 	closeErr   error
 
@@ -61,7 +64,7 @@ type Bridge struct {
 type counters struct {
 	stored, duplicates, delivered, offline, onlineDropped, storeErrors atomic.Int64
 	queueDrops, authFailures, shed, connectsLimited, pruned            atomic.Int64
-	budgetDrops, fanoutDrops, queriesLimited                           atomic.Int64
+	budgetDrops, fanoutDrops, queriesLimited, heldBack                 atomic.Int64
 }
 
 // Stats are counts since Open.
@@ -81,6 +84,7 @@ type Stats struct {
 	BudgetDrops     int64 `json:"budgetDrops"`     // deliveries skipped: the session held MaxSessionBytes
 	FanoutDrops     int64 `json:"fanoutDrops"`     // deliveries skipped: the fan-out queue was full
 	QueriesLimited  int64 `json:"queriesLimited"`  // history and sync requests refused by the per-user rate
+	HeldBack        int64 `json:"heldBack"`        // deliveries held back until their session was established
 }
 
 // Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
@@ -116,6 +120,7 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		logs:        newLimitedLog(cfg.Logger),
 		fanout:      fanoutQueue{wake: make(chan struct{}, 1)},
 		fanoutDone:  make(chan struct{}),
+		waiting:     make(map[string]*heldBack),
 	}
 	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
 		LockTimeout:  cfg.LockTimeout,
@@ -199,6 +204,7 @@ func (b *Bridge) Stats() Stats {
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
 		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(), Pruned: c.pruned.Load(),
 		BudgetDrops: c.budgetDrops.Load(), FanoutDrops: c.fanoutDrops.Load(), QueriesLimited: c.queriesLimited.Load(),
+		HeldBack: c.heldBack.Load(),
 	}
 }
 
@@ -351,6 +357,10 @@ func (b *Bridge) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool 
 
 // OnSessionEstablished logs the connection.
 func (b *Bridge) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if d := b.deviceOf(cl); d != nil && d.client == cl {
+		d.established.Store(true)
+		b.fanout.poke() // deliveries held back for the CONNACK may go now
+	}
 	b.log.Info("device connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener,
 		"protocol", cl.Properties.ProtocolVersion, "clean", pk.Connect.Clean)
 }
@@ -411,99 +421,6 @@ func (b *Bridge) publish(topic string, payload []byte, qos byte, props packets.P
 		Properties:  props,
 		PacketID:    id,
 	})
-}
-
-// maxFanoutQueue bounds the committed messages waiting for their delivery
-// (each holds its encoded JSON, at most MaxPayload plus a few hundred bytes).
-// The history writer never waits for the fan-out: a commit that finds the
-// queue full is not delivered live, and is counted (FanoutDrops); the
-// devices see the hole in inboxSeq and fill it by sync.
-const maxFanoutQueue = 65536
-
-// fanoutQueue hands committed batches from the history writer to runFanout
-// without ever blocking the writer.
-type fanoutQueue struct {
-	mu      sync.Mutex // guards the fields below
-	batches [][]storage.Appended
-	n       int // messages in batches, at most maxFanoutQueue
-	closed  bool
-	wake    chan struct{} // 1-buffered: something was queued, or the queue closed
-}
-
-// queueFanout is the history's OnCommit: it queues a batch for delivery, or
-// drops it when the queue is full.
-func (b *Bridge) queueFanout(batch []storage.Appended) {
-	q := &b.fanout
-	q.mu.Lock()
-	full := q.n+len(batch) > maxFanoutQueue
-	if !full && !q.closed {
-		q.batches = append(q.batches, batch)
-		q.n += len(batch)
-	}
-	q.mu.Unlock()
-	if full {
-		b.stats.fanoutDrops.Add(int64(len(batch)))
-		b.logs.info("live delivery skipped: fan-out queue full; devices will sync", "messages", len(batch))
-		return
-	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *fanoutQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// take returns everything queued, and whether the queue is closed.
-func (q *fanoutQueue) take() ([][]storage.Appended, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	out := q.batches
-	q.batches, q.n = nil, 0
-	return out, q.closed
-}
-
-// runFanout delivers committed messages to both users' inboxes, in commit
-// order, until Close.
-func (b *Bridge) runFanout() {
-	defer close(b.fanoutDone)
-	for range b.fanout.wake {
-		for {
-			batches, closed := b.fanout.take()
-			for _, batch := range batches {
-				for _, a := range batch {
-					m := &a.Message
-					b.deliverStored(m.To, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq))
-					if m.From != m.To {
-						b.deliverStored(m.From, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq))
-					}
-				}
-			}
-			if len(batches) == 0 {
-				if closed {
-					return
-				}
-				break
-			}
-		}
-	}
-}
-
-// deliverStored publishes an encoded stored message at QoS 1 to user's inbox.
-// Only runFanout calls it.
-func (b *Bridge) deliverStored(user, id string, payload []byte) {
-	b.fanoutSize.Store(int64(len(payload)))
-	if err := b.publish(protocol.InboxTopic(user), payload, 1, packets.Properties{}); err != nil {
-		b.log.Error("deliver stored message", "error", err, "id", id, "user", user)
-	}
 }
 
 // HeldBytes returns the payload bytes of the stored-message deliveries mochi

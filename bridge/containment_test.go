@@ -538,3 +538,19 @@ func TestStorageQuota(t *testing.T) {
 		t.Fatalf("history holds %d of alice's messages, want %d", len(p.Messages), stored)
 	}
 }
+
+func encodeSubscribe(t *testing.T, pk packets.Packet) []byte {
+	var buf bytes.Buffer
+	if err := pk.SubscribeEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func encodeConnect(t *testing.T, pk packets.Packet) []byte {
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Error(err)
+	}
+	return buf.Bytes()
+}

@@ -25,6 +25,10 @@ type device struct {
 	held   atomic.Int64
 	heldMu sync.Mutex       // guards heldBy
 	heldBy map[uint16]int64 // payload bytes by packet id of what mochi holds in flight
+	// established is set once mochi wrote the session's CONNACK and resent
+	// what it held (OnSessionEstablished); until then stored-message
+	// deliveries are held back (see heldBack).
+	established atomic.Bool
 	// subscribing is true while mochi handles a SUBSCRIBE of this device:
 	// OnACLCheck then checks filters, not deliveries.
 	subscribing atomic.Bool
@@ -113,10 +117,24 @@ func (b *Bridge) deviceOf(cl *mqtt.Client) *device {
 }
 
 // OnQosPublish counts a QoS 1 delivery mochi now holds for the session.
+//
+// A delivery that mochi put into a client that a new connection is taking
+// over (runFanout found the old client just before the takeover, and its
+// queue is copied or cleared) is taken out of it and held back for the new
+// session instead, so that it is neither lost nor sent before the CONNACK.
 func (b *Bridge) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	if d := b.deviceOf(cl); d != nil && pk.FixedHeader.Type == packets.Publish {
-		d.hold(pk.PacketID, int64(len(pk.Payload)))
+	d := b.deviceOf(cl)
+	if d == nil || pk.FixedHeader.Type != packets.Publish {
+		return
 	}
+	if d.client != cl {
+		cl.State.Inflight.Delete(pk.PacketID)
+		if !b.holdBack(cl.ID, pk.Payload) {
+			b.stats.budgetDrops.Add(1)
+		}
+		return
+	}
+	d.hold(pk.PacketID, int64(len(pk.Payload)))
 }
 
 // OnQosComplete forgets a delivery the device acknowledged.
@@ -157,10 +175,15 @@ func (b *Bridge) lastActive(clientID string) int64 {
 	return 0
 }
 
-// connected reports whether clientID has a live connection now.
+// connected reports whether clientID has a live connection now, whose
+// CONNACK was written.
 func (b *Bridge) connected(clientID string) bool {
 	cl, ok := b.srv.Clients.Get(clientID)
-	return ok && !cl.Closed()
+	if !ok || cl.Closed() {
+		return false
+	}
+	d := b.deviceOf(cl)
+	return d != nil && d.client == cl && d.established.Load()
 }
 
 // OnSelectSubscribers picks, for every shared subscription group, the
