@@ -28,6 +28,7 @@ type guarded struct {
 	log    *slog.Logger
 	panics *atomic.Int64
 	onDrop func(cl *mqtt.Client, err error) // called for the client of a recovered connection
+	conns  *connSet                         // wraps each connection so that writes never block (conn.go)
 }
 
 // Serve serves the wrapped listener with a guarded establish function.
@@ -38,6 +39,9 @@ func (g *guarded) Serve(establish listeners.EstablishFn) {
 // guard wraps establish so that a panic in it closes that connection only.
 func (g *guarded) guard(establish listeners.EstablishFn) listeners.EstablishFn {
 	return func(id string, c net.Conn) (err error) {
+		dc := g.conns.wrap(c)
+		defer dc.closeAndWait() // lets a final DISCONNECT out before the WebSocket listener closes the socket
+		c = dc
 		defer func() {
 			if v := recover(); v != nil {
 				g.panics.Add(1)

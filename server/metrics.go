@@ -64,11 +64,12 @@ var (
 	descRefused     = prometheus.NewDesc("imbridge_connects_refused_total", "CONNECTs refused, by reason.", []string{"reason"}, nil)
 	descDrops       = prometheus.NewDesc("imbridge_delivery_drops_total", "Deliveries mochi dropped for a slow device, by the queue that was full.", []string{"queue"}, nil)
 	descPanics      = prometheus.NewDesc("imbridge_panics_total", "Connections closed by the panic guard.", nil, nil)
+	descSlow        = prometheus.NewDesc("imbridge_slow_consumers_total", "Device connections closed because the device did not read (-max-pending-bytes, -write-timeout).", nil, nil)
 	descPruned      = prometheus.NewDesc("imbridge_pruned_total", "Messages removed from the history by the retention.", nil, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descPruned} {
+	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descSlow, descPruned} {
 		ch <- d
 	}
 }
@@ -100,6 +101,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDrops, h.QueueFull, "write")
 	counter(descDrops, h.Dropped, "inflight")
 	counter(descPanics, h.Panics)
+	counter(descSlow, h.Slow)
 	counter(descPruned, b.Pruned)
 }
 

@@ -33,6 +33,7 @@ type Server struct {
 	mqttAddr, wsAddr, mqttsAddr, wssAddr string // bound addresses, set by Start
 
 	metrics  *metrics
+	conns    *connSet // the device connections, set by Start
 	panics   atomic.Int64
 	stopOnce sync.Once
 	stopErr  error
@@ -78,6 +79,7 @@ func (s *Server) Start() (err error) {
 		SysTopicResendInterval: 3600,
 	})
 	s.metrics = newMetrics()
+	s.conns = newConnSet(s.cfg.MaxPendingBytes, s.cfg.WriteTimeout, s.log)
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
 		Observer:      s.metrics.observer(),
 		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
@@ -129,7 +131,7 @@ func (s *Server) Start() (err error) {
 }
 
 func (s *Server) addListener(l listeners.Listener) (string, error) {
-	g := &guarded{Listener: l, srv: s.mqtt, log: s.log, panics: &s.panics,
+	g := &guarded{Listener: l, srv: s.mqtt, log: s.log, panics: &s.panics, conns: s.conns,
 		onDrop: func(cl *mqtt.Client, err error) { s.bridge.OnDisconnect(cl, err, true) }}
 	if err := s.mqtt.AddListener(g); err != nil {
 		return "", fmt.Errorf("server: %s listener: %w", l.ID(), err)
@@ -175,6 +177,7 @@ type Health struct {
 	Dropped   int64        `json:"inflightDropped"`   // QoS 1 deliveries dropped: session inflight full
 	QueueFull int64        `json:"writeQueueDropped"` // deliveries dropped: device write queue full
 	Panics    int64        `json:"panics"`            // connections closed by the panic guard
+	Slow      int64        `json:"slowConsumers"`     // connections closed: device did not read (MaxPendingBytes, WriteTimeout)
 }
 
 // Health returns the node's counters.
@@ -190,6 +193,7 @@ func (s *Server) Health() Health {
 		Dropped:   atomic.LoadInt64(&s.mqtt.Info.InflightDropped),
 		QueueFull: atomic.LoadInt64(&s.mqtt.Info.MessagesDropped),
 		Panics:    s.panics.Load(),
+		Slow:      s.conns.slowConsumers(),
 	}
 }
 
@@ -237,6 +241,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	go func() {
 		_ = s.mqtt.Close()
 		s.mqtt.Listeners.ClientsWg.Wait() // every client goroutine, and so every send, has finished
+		s.conns.wait()                    // every socket is closed, after its final flush (bounded by the grace)
 		close(closed)
 	}()
 	select {
