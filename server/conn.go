@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -231,24 +232,39 @@ func (c *deviceConn) failLocked(err error, reason string) {
 	c.closeSocket(true)
 }
 
-// closeSocket closes the socket once. hard closes a TLS connection's
-// underlying socket first, so that it does not try to send close_notify
-// (that write could wait up to 5 s on a stalled socket); otherwise that
-// attempt is cut after the linger. It never blocks longer than the linger.
+// closeSocket closes the socket once. hard resets it (RST): what the
+// kernel still holds for a peer that does not read is dropped at once
+// instead of being retried for minutes, and a TLS connection does not try
+// to send close_notify (that write could wait 5 s on a stalled socket).
+// Otherwise, the close_notify of a TLS connection is cut after the linger.
+// It never blocks longer than the linger.
 func (c *deviceConn) closeSocket(hard bool) {
 	c.once.Do(func() {
-		if tc, ok := c.Conn.(interface{ NetConn() net.Conn }); ok {
-			if hard {
-				_ = tc.NetConn().Close()
-			} else {
-				t := time.AfterFunc(c.set.linger, func() { _ = tc.NetConn().Close() })
-				defer t.Stop()
+		sock := socketOf(c.Conn)
+		if hard {
+			if tc, ok := sock.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
 			}
+			_ = sock.Close()
+		} else if sock != c.Conn {
+			t := time.AfterFunc(c.set.linger, func() { _ = sock.Close() })
+			defer t.Stop()
 		}
 		_ = c.Conn.Close()
 		close(c.done)
 		c.set.open.Done()
 	})
+}
+
+// socketOf returns the TCP connection under c's TLS and WebSocket layers.
+func socketOf(c net.Conn) net.Conn {
+	switch x := c.(type) {
+	case *tls.Conn:
+		return socketOf(x.NetConn())
+	case *wsConn:
+		return socketOf(x.Conn)
+	}
+	return c
 }
 
 // Close closes the connection. It does not block on the network: bytes
