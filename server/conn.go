@@ -89,8 +89,8 @@ type deviceConn struct {
 	done     chan struct{} // closed when the socket is closed
 	closed   atomic.Bool   // Close was called or the connection failed: Read returns at once
 	once     sync.Once     // closes the socket
-	timer    *time.Timer   // the flusher's watchdog, made by the first flush; guarded by mu
 	mu       sync.Mutex    // guards the fields below; innermost lock (Write runs under mochi's client lock); never held across a socket write
+	timer    *time.Timer   // the flusher's watchdog, made by the first flush
 	pending  []byte        // written, not yet taken by the flusher; nil when idle
 	queued   int           // written, not yet accepted by the socket: pending plus the chunk being written; at most set.maxPending
 	flushing bool          // a flusher goroutine runs
