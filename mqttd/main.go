@@ -60,6 +60,8 @@ type options struct {
 	connectTimeout                               time.Duration
 	maxConnectSize, maxConnsPerIP, maxPreLogin   int
 	wsOrigins                                    string
+	maxPendingBytes                              int
+	writeTimeout                                 time.Duration
 }
 
 // envOr returns the environment variable name, or def.
@@ -126,6 +128,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.limits.SendRate, "send-rate", 50, "sends per second per user, bursts of 100; low priority is refused first; -1: no limit")
 	fs.DurationVar(&o.retentionAge, "retention-age", 0, "prune stored messages older than this, per conversation; 0 keeps them")
 	fs.IntVar(&o.retentionCount, "retention-count", 0, "keep only the newest N stored messages of each conversation; 0 keeps all")
+	// Writes to a device never wait for its socket; one that does not read is disconnected.
+	fs.IntVar(&o.maxPendingBytes, "max-pending-bytes", 0, "bytes written to a device but not yet taken by its socket; beyond it the device is disconnected as a slow consumer. Default 4 MiB, or 4 x -max-payload if larger; at least 2 MiB and 2 x -max-payload")
+	fs.DurationVar(&o.writeTimeout, "write-timeout", server.DefaultWriteTimeout, "how long a device's socket may take nothing while data waits for it; then the device is disconnected as a slow consumer")
 	fs.DurationVar(&o.sessionExpiry, "session-expiry", server.DefaultSessionExpiry, "longest time a disconnected persistent session is kept")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "longest graceful stop on SIGINT/SIGTERM")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", server.DefaultConnectTimeout, "time a socket has from accept to send a complete CONNECT (TLS handshake and WebSocket upgrade included)")
@@ -203,6 +208,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MQTTTLSAddr: o.mqtts, WSSAddr: o.wss, TLS: tlsConfig,
 		MQTTAddr: o.mqtt, WSAddr: o.ws, HTTPAddr: o.http, DataDir: o.data, Secret: secret, Tokens: o.tokens,
 		MaxPayload: o.maxPayload, MaxPendingWrites: o.maxPending, MaxInflight: o.maxInflight,
+		MaxPendingBytes: o.maxPendingBytes, WriteTimeout: o.writeTimeout,
 		SessionExpiry: o.sessionExpiry, DemoDir: o.demo, Limits: o.limits, Logger: log,
 		Retention: storage.Retention{MaxAge: o.retentionAge, MaxCount: uint64(max(0, o.retentionCount))},
 

@@ -46,6 +46,17 @@ type Config struct {
 	// further deliveries to that device (counted in /healthz): stored
 	// messages are then fetched with a sync, online-only ones are lost.
 	MaxPendingWrites int
+	// MaxPendingBytes bounds the bytes written to one device connection
+	// that its socket has not taken yet. Default 4 MiB (a 1 MiB history page
+	// plus a burst), or 4 x MaxPayload if larger; at least 2 MiB and 2 x
+	// MaxPayload. A device further behind is disconnected as a slow
+	// consumer (counted in /healthz) and syncs when it reconnects. Writes to
+	// a device never wait for its socket.
+	MaxPendingBytes int
+	// WriteTimeout is how long a device's socket may take no byte while
+	// data waits for it; then the device is disconnected as a slow
+	// consumer. Default 10s.
+	WriteTimeout time.Duration
 	// MaxInflight is the number of unacknowledged QoS 1 deliveries a session
 	// may hold, connected or not. Default 1024; at most 65535. Beyond it,
 	// deliveries are dropped and stored messages must be synced.
@@ -117,6 +128,8 @@ type HTTPLimits struct {
 const (
 	DefaultMaxPendingWrites = 1024
 	DefaultMaxInflight      = 1024
+	DefaultMaxPendingBytes  = 4 << 20
+	DefaultWriteTimeout     = 10 * time.Second
 	DefaultSessionExpiry    = 24 * time.Hour
 	DefaultConnectTimeout   = 5 * time.Second
 	DefaultMaxConnectSize   = 8 << 10
@@ -139,6 +152,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxPendingWrites == 0 {
 		c.MaxPendingWrites = DefaultMaxPendingWrites
+	}
+	if c.MaxPendingBytes == 0 {
+		c.MaxPendingBytes = max(DefaultMaxPendingBytes, 4*c.MaxPayload)
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = DefaultMaxInflight
@@ -197,6 +216,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("server: Config.MaxPayload %d is outside 256 bytes to 64 MiB", c.MaxPayload)
 	case c.MaxPendingWrites < 1 || c.MaxPendingWrites > math.MaxInt32:
 		return fmt.Errorf("server: Config.MaxPendingWrites %d is out of range", c.MaxPendingWrites)
+	case c.MaxPendingBytes < max(2<<20, 2*c.MaxPayload) || c.MaxPendingBytes > 1<<30:
+		return fmt.Errorf("server: Config.MaxPendingBytes %d is outside max(2 MiB, 2 x MaxPayload) to 1 GiB", c.MaxPendingBytes)
+	case c.WriteTimeout < 10*time.Millisecond:
+		return fmt.Errorf("server: Config.WriteTimeout %v is under 10ms", c.WriteTimeout)
 	case c.MaxInflight < 1 || c.MaxInflight > math.MaxUint16:
 		return fmt.Errorf("server: Config.MaxInflight %d is outside 1 to 65535", c.MaxInflight)
 	case c.SessionExpiry < time.Second || c.SessionExpiry.Seconds() > math.MaxUint32:

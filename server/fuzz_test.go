@@ -50,7 +50,8 @@ func FuzzPacketDispatch(f *testing.F) {
 	}
 	f.Cleanup(func() { srv.Close(); b.Close() })
 	var panics atomic.Int64
-	g := &guarded{srv: srv, gate: newGate(Config{MaxPayload: 1 << 10}.withDefaults()), log: slog.New(slog.DiscardHandler), panics: &panics, onDrop: func(*mqtt.Client, error) {}}
+	g := &guarded{srv: srv, gate: newGate(Config{MaxPayload: 1 << 10}.withDefaults()), log: slog.New(slog.DiscardHandler), panics: &panics, onDrop: func(*mqtt.Client, error) {},
+		conns: newConnSet(DefaultMaxPendingBytes, DefaultWriteTimeout, slog.New(slog.DiscardHandler))}
 	establish := g.guard(srv.EstablishConnection)
 
 	f.Add(byte(5), []byte{0x82, 0x06, 0x12, 0x34, 0x00, 0x00, 0x01, 0x70}) // mochi #501

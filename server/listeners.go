@@ -38,6 +38,7 @@ type guarded struct {
 	log    *slog.Logger
 	panics *atomic.Int64
 	onDrop func(cl *mqtt.Client, err error) // called for the client of a recovered connection
+	conns  *connSet                         // wraps each connection so that writes never block (conn.go)
 }
 
 // Serve serves the wrapped listener with a guarded establish function.
@@ -52,8 +53,9 @@ func (g *guarded) guard(establish listeners.EstablishFn) listeners.EstablishFn {
 		if !ok {
 			return nil // closed and counted
 		}
-		// c is the connection mochi gets, once per accepted socket: a
-		// wrapper of its writes goes here.
+		dc := g.conns.wrap(c)
+		defer dc.closeAndWait() // lets a final DISCONNECT out before the WebSocket listener closes the socket
+		c = dc
 		defer func() {
 			if v := recover(); v != nil {
 				g.panics.Add(1)

@@ -64,6 +64,7 @@ var (
 	descRefused     = prometheus.NewDesc("imbridge_connects_refused_total", "CONNECTs refused, by reason.", []string{"reason"}, nil)
 	descDrops       = prometheus.NewDesc("imbridge_delivery_drops_total", "Deliveries mochi dropped for a slow device, by the queue that was full.", []string{"queue"}, nil)
 	descPanics      = prometheus.NewDesc("imbridge_panics_total", "Connections closed by the panic guard.", nil, nil)
+	descSlow        = prometheus.NewDesc("imbridge_slow_consumers_total", "Device connections closed because the device did not read (-max-pending-bytes, -write-timeout).", nil, nil)
 	descPruned      = prometheus.NewDesc("imbridge_pruned_total", "Messages removed from the history by the retention.", nil, nil)
 	descAcceptErrs  = prometheus.NewDesc("imbridge_accept_errors_total", "Accept errors (EMFILE, ...) of each listener; each is retried.", []string{"listener"}, nil)
 	descDegraded    = prometheus.NewDesc("imbridge_listener_degraded", "1 while a listener fails to accept (an error in the last 5 s and no socket since).", []string{"listener"}, nil)
@@ -72,7 +73,7 @@ var (
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descPruned,
+	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descSlow, descPruned,
 		descAcceptErrs, descDegraded, descPreLogin, descSockClosed} {
 		ch <- d
 	}
@@ -105,6 +106,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDrops, h.QueueFull, "write")
 	counter(descDrops, h.Dropped, "inflight")
 	counter(descPanics, h.Panics)
+	counter(descSlow, h.Slow)
 	counter(descPruned, b.Pruned)
 	now := time.Now()
 	for _, l := range c.s.gate.listeners() {

@@ -35,6 +35,7 @@ type Server struct {
 
 	gate     *gate // admits the sockets of every listener
 	metrics  *metrics
+	conns    *connSet // the device connections, set by Start
 	panics   atomic.Int64
 	stopOnce sync.Once
 	stopErr  error
@@ -80,6 +81,7 @@ func (s *Server) Start() (err error) {
 		SysTopicResendInterval: 3600,
 	})
 	s.metrics = newMetrics()
+	s.conns = newConnSet(s.cfg.MaxPendingBytes, s.cfg.WriteTimeout, s.log)
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
 		Observer:      s.metrics.observer(),
 		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
@@ -141,7 +143,7 @@ func (s *Server) Start() (err error) {
 }
 
 func (s *Server) addListener(l listeners.Listener) (string, error) {
-	g := &guarded{Listener: l, srv: s.mqtt, gate: s.gate, log: s.log, panics: &s.panics,
+	g := &guarded{Listener: l, srv: s.mqtt, gate: s.gate, log: s.log, panics: &s.panics, conns: s.conns,
 		onDrop: func(cl *mqtt.Client, err error) { s.bridge.OnDisconnect(cl, err, true) }}
 	if err := s.mqtt.AddListener(g); err != nil {
 		return "", fmt.Errorf("server: %s listener: %w", l.ID(), err)
@@ -191,6 +193,7 @@ type Health struct {
 	Panics    int64         `json:"panics"`            // connections closed by the panic guard
 	PreLogin  int64         `json:"preLogin"`          // MQTT sockets that have not sent a complete CONNECT yet
 	Closed    SocketsClosed `json:"socketsClosed"`     // sockets closed by the listeners' limits
+	Slow      int64         `json:"slowConsumers"`     // connections closed: device did not read (MaxPendingBytes, WriteTimeout)
 }
 
 // SocketsClosed counts the sockets the listeners closed before login, by
@@ -222,6 +225,7 @@ func (s *Server) Health() Health {
 			ConnectTimeout:  s.gate.refused[closedConnectTimeout].Load(),
 			ConnectTooLarge: s.gate.refused[closedConnectTooLarge].Load(),
 		},
+		Slow: s.conns.slowConsumers(),
 	}
 	now := time.Now()
 	for _, l := range s.gate.listeners() {
@@ -282,6 +286,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	go func() {
 		_ = s.mqtt.Close()
 		s.mqtt.Listeners.ClientsWg.Wait() // every client goroutine, and so every send, has finished
+		s.conns.wait()                    // every socket is closed, after its final flush (bounded by the grace)
 		close(closed)
 	}()
 	select {
