@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -67,6 +68,13 @@ func TestRepliesReachOnlyTheAskingDevice(t *testing.T) {
 		v3(t, n, "mallory", opts{ClientID: fmt.Sprint("away-", i)}).Close()
 	}
 	sibling := v3(t, n, "mallory", opts{})
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
 	for i := range 150 {
 		mallory.Publish(protocol.SyncTopic("mallory"), 0, fmt.Sprintf(`{"id":"s%d","after":0}`, i))
 	}
@@ -76,6 +84,12 @@ func TestRepliesReachOnlyTheAskingDevice(t *testing.T) {
 		}
 	}
 	sibling.ExpectQuiet()
+	// Queued for the 4 other sessions, 150 pages of 60 KB would be 36 MB.
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew by %d KB over 150 pages of 60 KB", grown>>10)
+	if grown > 8<<20 {
+		t.Fatalf("heap grew by %d MB after 150 pages; replies are held for sessions that did not ask", grown>>20)
+	}
 	// The inbox delivery of the one message is all that sessions hold.
 	if held := n.Bridge().HeldBytes(); held > 4*(61<<10) {
 		t.Fatalf("sessions hold %d bytes after 150 pages of 60 KB", held)
