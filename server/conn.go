@@ -242,7 +242,7 @@ func (c *deviceConn) closeSocket(hard bool) {
 	c.once.Do(func() {
 		sock := socketOf(c.Conn)
 		if hard {
-			if tc, ok := sock.(*net.TCPConn); ok {
+			if tc, ok := tcpOf(sock).(*net.TCPConn); ok {
 				_ = tc.SetLinger(0)
 			}
 			_ = sock.Close()
@@ -256,13 +256,26 @@ func (c *deviceConn) closeSocket(hard bool) {
 	})
 }
 
-// socketOf returns the TCP connection under c's TLS and WebSocket layers.
+// socketOf returns the TCP connection under c's TLS and WebSocket layers and
+// the listener's replay of the CONNECT it read first.
 func socketOf(c net.Conn) net.Conn {
 	switch x := c.(type) {
 	case *tls.Conn:
 		return socketOf(x.NetConn())
 	case *wsConn:
 		return socketOf(x.Conn)
+	case *replayConn:
+		return socketOf(x.Conn)
+	case *admitted:
+		return x // closing it also releases its place in the per-IP count
+	}
+	return c
+}
+
+// tcpOf returns the *net.TCPConn under a socket that the listeners admitted.
+func tcpOf(c net.Conn) net.Conn {
+	if a, ok := c.(*admitted); ok {
+		return a.Conn
 	}
 	return c
 }
