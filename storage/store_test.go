@@ -253,6 +253,15 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 		t.Fatalf("%d commits for %d appends: no commit was shared", st.Commits, st.Appended)
 	}
 	t.Logf("%d appends in %d commits", st.Appended, st.Commits)
+	p, _ := s.Sync("hub", HistoryFilter{Limit: protocol.MaxPageLimit})
+	if len(p.Messages) != senders*each || !p.More && p.Messages[len(p.Messages)-1].InboxSeq != senders*each {
+		t.Fatalf("hub inbox has %d messages", len(p.Messages))
+	}
+	// Senders are released before OnCommit runs, so the last OnCommit may
+	// still be running; Close returns once the writer has finished it.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(committed) != senders*each {
@@ -265,10 +274,6 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 			t.Fatalf("conversation %s: seq %d after %d", k, a.Message.Seq, last[k])
 		}
 		last[k] = a.Message.Seq
-	}
-	p, _ := s.Sync("hub", HistoryFilter{Limit: protocol.MaxPageLimit})
-	if len(p.Messages) != senders*each || !p.More && p.Messages[len(p.Messages)-1].InboxSeq != senders*each {
-		t.Fatalf("hub inbox has %d messages", len(p.Messages))
 	}
 }
 
