@@ -10,11 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/rs/xid"
 
 	"github.com/imbridge/imbridge/protocol"
 )
@@ -76,6 +77,13 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives the client's diagnostics. Default: discard.
 	Logger *slog.Logger
+
+	hooks *testHooks // set by tests only (export_test.go); nil otherwise
+}
+
+// testHooks let tests of this package reach inside a Client.
+type testHooks struct {
+	newMessageID func() string // replaces the generator of message ids
 }
 
 func (c Config) withDefaults() Config {
@@ -122,7 +130,6 @@ type Client struct {
 	cfg  Config
 	log  *slog.Logger
 	mqtt paho.Client
-	ids  atomic.Uint64 // request id counter
 	run  *dispatcher
 
 	mu       sync.Mutex                      // guards the fields below
@@ -414,15 +421,31 @@ func (c *Client) request(ctx context.Context, topic string, build func(id string
 	if err != nil {
 		return err
 	}
-	return c.exchange(ctx, topic, id, payload, out)
+	_, err = c.exchange(ctx, topic, id, payload, out)
+	return err
 }
 
-// newID returns a request id unique to this client.
+// newID returns an id for a request or message that no client ever used
+// before, across app restarts and devices: an xid (time, machine, process
+// and counter). The server remembers message ids for as long as it keeps
+// the message, so a counter that restarts with the app would collide.
 func (c *Client) newID() string {
-	return fmt.Sprintf("%s-%d", c.cfg.DeviceID, c.ids.Add(1))
+	return xid.New().String()
 }
 
-func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte, out any) error {
+// newMessageID returns the id of a message sent without one: newID, unless
+// a test replaces it.
+func (c *Client) newMessageID() string {
+	if c.cfg.hooks != nil && c.cfg.hooks.newMessageID != nil {
+		return c.cfg.hooks.newMessageID()
+	}
+	return c.newID()
+}
+
+// exchange publishes payload, the request with the given id, to topic and
+// decodes the answer into out. It returns how many times it published the
+// request.
+func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte, out any) (sent int, err error) {
 	answer := make(chan json.RawMessage, 1)
 	defer func() {
 		c.mu.Lock()
@@ -433,7 +456,7 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return ErrClosed
+			return sent, ErrClosed
 		}
 		up, lost := c.up, c.lost
 		c.pending[id] = answer
@@ -441,9 +464,9 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 		select { // wait until connected
 		case <-up:
 		case <-ctx.Done():
-			return ctx.Err()
+			return sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			return sent, ErrClosed
 		}
 		// QoS 0: the answer is the acknowledgement, and this loop resends
 		// after a reconnect. At QoS 1 paho would also keep and resend the
@@ -453,30 +476,31 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
-			return ctx.Err()
+			return sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			return sent, ErrClosed
 		}
 		if tok.Error() != nil {
 			c.log.Debug("request not sent; retrying after reconnect", "id", id, "error", tok.Error())
 			select {
 			case <-lost:
 			case <-ctx.Done():
-				return ctx.Err()
+				return sent, ctx.Err()
 			case <-c.done:
-				return ErrClosed
+				return sent, ErrClosed
 			}
 			continue
 		}
+		sent++
 		select {
 		case a := <-answer:
-			return json.Unmarshal(a, out)
+			return sent, json.Unmarshal(a, out)
 		case <-lost:
 			c.log.Debug("connection lost before the answer; sending again", "id", id)
 		case <-ctx.Done():
-			return ctx.Err()
+			return sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			return sent, ErrClosed
 		}
 	}
 }

@@ -14,6 +14,15 @@ var (
 	ErrNotAuthorized = errors.New("client: not authorized")
 )
 
+// Errors of a send.
+var (
+	// ErrDuplicateID means the server took a message id the client generated
+	// for a retry of an older message, so the new message was not sent. The
+	// client's ids never repeat, so this needs a broken clock or random
+	// source; send again.
+	ErrDuplicateID = errors.New("client: generated message id already used; message not sent")
+)
+
 // Error is an error the server reported for a request: a receipt or page
 // with status error. Test its Code, or use errors.As.
 type Error struct {

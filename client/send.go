@@ -15,8 +15,10 @@ type SendOptions struct {
 	OnlineUserOnly bool
 	// Priority is passed on with the message. Default: default.
 	Priority protocol.Priority
-	// ID is the client message id. Default: a fresh one. Give your own to
-	// retry a send across app restarts without sending it twice.
+	// ID is the client message id. Default: a fresh one that no client used
+	// before (an xid). Give your own to retry a send across app restarts
+	// without sending it twice: a retry of an ID already stored returns the
+	// first receipt, with Duplicate set, and no error.
 	ID string
 }
 
@@ -26,6 +28,11 @@ type SendOptions struct {
 // or dropped. A refused request returns an *Error. SendMessage blocks until
 // the receipt arrives or ctx ends; if the connection drops meanwhile, it sends
 // again with the same id once reconnected, and the server does not send twice.
+//
+// If the server answers the first try of a message with an id the client
+// generated (SendOptions.ID empty) as a duplicate, the id collided with an
+// older message and this one was not sent: SendMessage returns the receipt
+// and ErrDuplicateID.
 func (c *Client) SendMessage(ctx context.Context, to string, data any, opts SendOptions) (protocol.Receipt, error) {
 	raw, ok := data.(json.RawMessage)
 	if !ok {
@@ -35,20 +42,25 @@ func (c *Client) SendMessage(ctx context.Context, to string, data any, opts Send
 		}
 		raw = b
 	}
-	id := opts.ID
-	if id == "" {
-		id = c.newID()
+	id, generated := opts.ID, opts.ID == ""
+	if generated {
+		id = c.newMessageID()
 	}
 	payload, err := json.Marshal(protocol.SendRequest{To: to, OnlineUserOnly: opts.OnlineUserOnly, Data: raw, ID: id, Priority: opts.Priority})
 	if err != nil {
 		return protocol.Receipt{}, err
 	}
 	var r protocol.Receipt
-	if err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload, &r); err != nil {
+	sent, err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload, &r)
+	if err != nil {
 		return protocol.Receipt{}, err
 	}
 	if r.Status == protocol.StatusError {
 		return r, serverError(r.Error)
+	}
+	if r.Duplicate && generated && sent == 1 {
+		// Not a retry of ours: another message had this id.
+		return r, fmt.Errorf("%w: %s", ErrDuplicateID, id)
 	}
 	if !opts.OnlineUserOnly {
 		c.sent(to)
