@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -70,6 +71,22 @@ type Config struct {
 	SyncPageSize int
 	// ConnectTimeout bounds each connection attempt. Default 10s.
 	ConnectTimeout time.Duration
+	// RequestTimeout is how long a request (a send, a history or a sync
+	// request) waits for the server's answer, once published, before it is
+	// published again with the same id: the server may have dropped the
+	// answer (a full write queue), and answers a repeated send from its
+	// first outcome. Time spent disconnected does not count. Default 10s.
+	RequestTimeout time.Duration
+	// RequestRetries is how many times a request is published again after
+	// RequestTimeout passed without an answer; then SendMessage and History
+	// return ErrTimeout, and the catch-up starts a new sync request. Default
+	// 2 (3 tries); -1 means none.
+	RequestRetries int
+	// MaxAhead bounds the stored messages the client holds because they
+	// arrived beyond a hole in inboxSeq (waiting for the catch-up to fill
+	// it). At the bound, further ones are not held, and the catch-up runs
+	// again to fetch them from the history. Default 1000 (1-100000).
+	MaxAhead int
 	// MaxReconnectInterval caps the backoff between reconnect attempts.
 	// Default 30s.
 	MaxReconnectInterval time.Duration
@@ -102,6 +119,15 @@ func (c Config) withDefaults() Config {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = 10 * time.Second
 	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.RequestRetries == 0 {
+		c.RequestRetries = 2
+	}
+	if c.MaxAhead == 0 {
+		c.MaxAhead = 1000
+	}
 	if c.MaxReconnectInterval == 0 {
 		c.MaxReconnectInterval = 30 * time.Second
 	}
@@ -121,6 +147,12 @@ func (c Config) validate() error {
 		return errors.New("client: Config.Token or TokenFunc is required")
 	case c.SyncPageSize < 1 || c.SyncPageSize > protocol.MaxPageLimit:
 		return fmt.Errorf("client: Config.SyncPageSize %d is outside 1 to %d", c.SyncPageSize, protocol.MaxPageLimit)
+	case c.RequestTimeout < 0:
+		return fmt.Errorf("client: Config.RequestTimeout %v is negative", c.RequestTimeout)
+	case c.RequestRetries < -1:
+		return fmt.Errorf("client: Config.RequestRetries %d is below -1", c.RequestRetries)
+	case c.MaxAhead < 1 || c.MaxAhead > 100000:
+		return fmt.Errorf("client: Config.MaxAhead %d is outside 1 to 100000", c.MaxAhead)
 	}
 	return nil
 }
@@ -139,12 +171,16 @@ type Client struct {
 	pending  map[string]chan json.RawMessage // request id -> its answer
 	cursor   uint64                          // highest inboxSeq delivered to OnMessage
 	epoch    string                          // epoch of cursor
-	ahead    map[uint64]protocol.Message     // stored messages beyond cursor+1
+	ahead    map[uint64]protocol.Message     // stored messages beyond cursor+1; at most cfg.MaxAhead
 	syncing  bool                            // a catch-up is running
 	resync   bool                            // run the catch-up again when it ends
 	typists  map[string]*Typist              // by peer
 	watching map[string]*peerTyping          // by peer
 	done     chan struct{}                   // closed by Close
+
+	stats struct { // counters of Stats
+		timeouts, aheadDropped atomic.Uint64
+	}
 }
 
 // Dial connects to the broker, subscribes and returns. It starts catching up
@@ -291,7 +327,10 @@ func (c *Client) route(_ paho.Client, m paho.Message) {
 		delete(c.pending, head.ID)
 		c.mu.Unlock()
 		if ch != nil {
-			ch <- m.Payload()
+			select {
+			case ch <- m.Payload():
+			default: // an answer to an earlier try is waiting already
+			}
 		}
 	}
 }
@@ -305,6 +344,12 @@ func (c *Client) acceptStored(m protocol.Message) {
 	case m.InboxSeq <= c.cursor:
 		return // delivered before (a resend, or a sync overlapping live delivery)
 	case m.InboxSeq > c.cursor+1:
+		if _, held := c.ahead[m.InboxSeq]; !held && len(c.ahead) >= c.cfg.MaxAhead {
+			// The history has it: the catch-up fetches it.
+			c.stats.aheadDropped.Add(1)
+			c.resync = true
+			return
+		}
 		c.ahead[m.InboxSeq] = m
 		return
 	}
@@ -384,10 +429,14 @@ func (c *Client) catchUp() {
 			return protocol.SyncRequest{ID: id, After: after, Limit: c.cfg.SyncPageSize}
 		}, &page)
 		if err != nil {
-			if !errors.Is(err, ErrClosed) {
-				c.log.Error("catch-up failed; retried at the next connect or gap", "error", err)
+			if errors.Is(err, ErrClosed) {
+				return
 			}
-			return
+			c.log.Error("catch-up request failed; sending another", "error", err, "after", after)
+			if !errors.Is(err, ErrTimeout) && !c.pause(c.cfg.RequestTimeout) {
+				return // closed
+			}
+			continue
 		}
 		c.mu.Lock()
 		if c.epoch != "" && page.Epoch != c.epoch {
@@ -408,6 +457,18 @@ func (c *Client) catchUp() {
 		if !again {
 			return
 		}
+	}
+}
+
+// pause waits for d, and reports false if the client was closed first.
+func (c *Client) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.done:
+		return false
 	}
 }
 
@@ -446,7 +507,8 @@ func (c *Client) newMessageID() string {
 // decodes the answer into out. It returns how many times it published the
 // request.
 func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte, out any) (sent int, err error) {
-	answer := make(chan json.RawMessage, 1)
+	answer := make(chan json.RawMessage, 1) // the first answer to any try
+	timeouts := 0                           // tries that got no answer in time
 	defer func() {
 		c.mu.Lock()
 		delete(c.pending, id)
@@ -492,14 +554,25 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 			continue
 		}
 		sent++
+		timer := time.NewTimer(c.cfg.RequestTimeout)
 		select {
 		case a := <-answer:
+			timer.Stop()
 			return sent, json.Unmarshal(a, out)
 		case <-lost:
+			timer.Stop()
 			c.log.Debug("connection lost before the answer; sending again", "id", id)
+		case <-timer.C:
+			c.stats.timeouts.Add(1)
+			if timeouts++; timeouts > c.cfg.RequestRetries {
+				return sent, fmt.Errorf("%w: no answer to %s within %v, %d tries", ErrTimeout, id, c.cfg.RequestTimeout, timeouts)
+			}
+			c.log.Warn("no answer; sending again", "id", id, "timeout", c.cfg.RequestTimeout)
 		case <-ctx.Done():
+			timer.Stop()
 			return sent, ctx.Err()
 		case <-c.done:
+			timer.Stop()
 			return sent, ErrClosed
 		}
 	}
@@ -519,6 +592,26 @@ func (c *Client) Epoch() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.epoch
+}
+
+// Stats are counters of a Client since Dial.
+type Stats struct {
+	// RequestTimeouts counts tries of a request that got no answer within
+	// Config.RequestTimeout.
+	RequestTimeouts uint64
+	// Ahead is the number of stored messages held now beyond a hole in
+	// inboxSeq, at most Config.MaxAhead; AheadDropped counts those not held
+	// because of that bound (the catch-up fetched them again).
+	Ahead        int
+	AheadDropped uint64
+}
+
+// Stats returns the client's counters. It does not block.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	ahead := len(c.ahead)
+	c.mu.Unlock()
+	return Stats{RequestTimeouts: c.stats.timeouts.Load(), Ahead: ahead, AheadDropped: c.stats.aheadDropped.Load()}
 }
 
 // Connected reports whether the client is connected and subscribed now.

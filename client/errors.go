@@ -12,6 +12,10 @@ var (
 	ErrClosed = errors.New("client: closed")
 	// ErrNotAuthorized means the server refused the credentials at connect.
 	ErrNotAuthorized = errors.New("client: not authorized")
+	// ErrTimeout is returned by a request that got no answer to any of its
+	// tries (Config.RequestTimeout, Config.RequestRetries). A send may have
+	// been stored even so: retry it with the same SendOptions.ID to be sure.
+	ErrTimeout = errors.New("client: no answer from the server")
 )
 
 // Errors of a send.

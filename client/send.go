@@ -28,6 +28,10 @@ type SendOptions struct {
 // or dropped. A refused request returns an *Error. SendMessage blocks until
 // the receipt arrives or ctx ends; if the connection drops meanwhile, it sends
 // again with the same id once reconnected, and the server does not send twice.
+// It also sends again when no receipt came within Config.RequestTimeout, up
+// to Config.RequestRetries times, then returns ErrTimeout. On any error but
+// an *Error the returned receipt has only ID set: the message may have been
+// stored, and a retry with SendOptions{ID: r.ID} is never sent twice.
 //
 // If the server answers the first try of a message with an id the client
 // generated (SendOptions.ID empty) as a duplicate, the id collided with an
@@ -53,7 +57,8 @@ func (c *Client) SendMessage(ctx context.Context, to string, data any, opts Send
 	var r protocol.Receipt
 	sent, err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload, &r)
 	if err != nil {
-		return protocol.Receipt{}, err
+		// With the id, the app can retry without sending twice.
+		return protocol.Receipt{ID: id}, err
 	}
 	if r.Status == protocol.StatusError {
 		return r, serverError(r.Error)
