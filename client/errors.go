@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/imbridge/imbridge/protocol"
 )
@@ -26,6 +27,40 @@ var (
 	// source; send again.
 	ErrDuplicateID = errors.New("client: generated message id already used; message not sent")
 )
+
+// Errors of decoding.
+var (
+	// ErrUndecodable matches every *DecodeError.
+	ErrUndecodable = errors.New("client: undecodable")
+)
+
+// DecodeError reports a message or an answer of the server that the client
+// could not decode, with what of it could be read. It matches
+// ErrUndecodable.
+type DecodeError struct {
+	Topic string // where it arrived
+	// MsgID, Seq and InboxSeq are the message's server id, conversation seq
+	// and inboxSeq, when they could be read; zero otherwise.
+	MsgID          string
+	Seq, InboxSeq  uint64
+	OnlineUserOnly bool
+	Err            error // the decoder's error
+}
+
+// Error returns "client: undecodable ...".
+func (e *DecodeError) Error() string {
+	s := "client: undecodable message or answer on " + e.Topic
+	if e.InboxSeq != 0 {
+		s += fmt.Sprintf(" (inboxSeq %d, id %s)", e.InboxSeq, e.MsgID)
+	}
+	return s + ": " + e.Err.Error()
+}
+
+// Unwrap returns the decoder's error.
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrUndecodable.
+func (e *DecodeError) Is(target error) bool { return target == ErrUndecodable }
 
 // Error is an error the server reported for a request: a receipt or page
 // with status error. Test its Code, or use errors.As.

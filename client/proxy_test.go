@@ -13,16 +13,18 @@ import (
 // proxy forwards MQTT connections from 127.0.0.1 to a node, and injects the
 // faults the SDK must survive: it cuts connections, and drops chosen PUBLISH
 // packets on their way from the server to the device, as a server does on a
-// full write queue.
+// full write queue. It reads its node's state only through the gate.
 type proxy struct {
 	t      *testing.T
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex                              // guards the fields below
-	conns map[net.Conn]bool                       // open connections, both sides
-	drop  func(topic string, payload []byte) bool // server->device PUBLISHes to drop; nil drops none
-	wg    sync.WaitGroup                          // the copying goroutines
+	mu      sync.Mutex                              // guards the fields below
+	conns   map[net.Conn]bool                       // open connections, both sides
+	drop    func(topic string, payload []byte) bool // server->device PUBLISHes to drop; nil drops none
+	subacks int                                     // the next SUBACKs to drop
+	gate    func() bool                             // new connections are refused while it reports false; nil admits all
+	wg      sync.WaitGroup                          // the copying goroutines
 }
 
 // newProxy listens on 127.0.0.1 and forwards to addr (host:port) until the
@@ -54,6 +56,20 @@ func (p *proxy) setDrop(f func(topic string, payload []byte) bool) {
 	p.mu.Unlock()
 }
 
+// setGate refuses new connections while admit reports false.
+func (p *proxy) setGate(admit func() bool) {
+	p.mu.Lock()
+	p.gate = admit
+	p.mu.Unlock()
+}
+
+// dropSubacks drops the next n SUBACK packets.
+func (p *proxy) dropSubacks(n int) {
+	p.mu.Lock()
+	p.subacks = n
+	p.mu.Unlock()
+}
+
 // cut closes every open connection; the device sees its connection lost.
 func (p *proxy) cut() {
 	p.mu.Lock()
@@ -70,6 +86,13 @@ func (p *proxy) accept() {
 		dev, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		gate := p.gate
+		p.mu.Unlock()
+		if gate != nil && !gate() {
+			dev.Close()
+			continue
 		}
 		srv, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -103,6 +126,17 @@ func (p *proxy) filter(dst io.Writer, src io.Reader) {
 		pk, err := readPacket(r)
 		if err != nil {
 			return
+		}
+		if pk[0]>>4 == 9 { // SUBACK
+			p.mu.Lock()
+			drop := p.subacks > 0
+			if drop {
+				p.subacks--
+			}
+			p.mu.Unlock()
+			if drop {
+				continue
+			}
 		}
 		if pk[0]>>4 == 3 { // PUBLISH
 			topic, payload := publishParts(pk)

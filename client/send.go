@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/imbridge/imbridge/protocol"
@@ -54,11 +55,14 @@ func (c *Client) SendMessage(ctx context.Context, to string, data any, opts Send
 	if err != nil {
 		return protocol.Receipt{}, err
 	}
-	var r protocol.Receipt
-	sent, err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload, &r)
+	answer, sent, err := c.exchange(ctx, protocol.SendTopic(c.cfg.User), id, payload)
 	if err != nil {
 		// With the id, the app can retry without sending twice.
 		return protocol.Receipt{ID: id}, err
+	}
+	var r protocol.Receipt
+	if err := json.Unmarshal(answer, &r); err != nil {
+		return protocol.Receipt{ID: id}, c.undecodableAnswer(err)
 	}
 	if r.Status == protocol.StatusError {
 		return r, serverError(r.Error)
@@ -83,13 +87,29 @@ type HistoryOptions struct {
 
 // History returns a page of the conversation with peer, oldest first, and
 // whether more exists in the direction asked (Page.NextBefore/NextAfter).
+// It sends the request again when no answer came within
+// Config.RequestTimeout, up to Config.RequestRetries times, then returns
+// ErrTimeout. Messages of the page the client cannot decode are left out
+// of it and returned as *DecodeError (joined with errors.Join; test with
+// errors.Is(err, ErrUndecodable)) together with the rest of the page.
 func (c *Client) History(ctx context.Context, peer string, opts HistoryOptions) (protocol.Page, error) {
-	var p protocol.Page
-	err := c.request(ctx, protocol.HistoryTopic(c.cfg.User), func(id string) any {
+	answer, err := c.request(ctx, protocol.HistoryTopic(c.cfg.User), func(id string) any {
 		return protocol.HistoryRequest{ID: id, With: peer, Limit: opts.Limit, Before: opts.Before, After: opts.After}
-	}, &p)
+	})
 	if err != nil {
 		return protocol.Page{}, err
 	}
-	return p, serverError(p.Error)
+	p, bad, err := decodePage(protocol.ReplyTopic(c.cfg.User), answer)
+	if err != nil {
+		return protocol.Page{}, c.undecodableAnswer(err)
+	}
+	if err := serverError(p.Error); err != nil {
+		return p, err
+	}
+	errs := make([]error, len(bad))
+	for i, b := range bad {
+		c.stats.undecodable.Add(1)
+		errs[i] = b
+	}
+	return p, errors.Join(errs...)
 }
