@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -9,12 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/rs/xid"
 
 	"github.com/imbridge/imbridge/protocol"
 )
@@ -57,6 +61,12 @@ type Config struct {
 	OnTyping func(peer string, typing bool)
 	// OnConnection is called on every connect (true) and loss (false).
 	OnConnection func(connected bool)
+	// OnError receives what goes wrong that no call of the app waits for:
+	// a stored message the client cannot decode (a *DecodeError, in its
+	// place in inboxSeq order: InboxSeq moves past it), other undecodable
+	// messages and answers, and failed catch-up requests (which are sent
+	// again). Nil: such errors are only logged and counted (Client.Stats).
+	OnError func(error)
 
 	// TypingInterval is the shortest time between two typing indicators a
 	// Typist sends. Default 3s.
@@ -69,6 +79,22 @@ type Config struct {
 	SyncPageSize int
 	// ConnectTimeout bounds each connection attempt. Default 10s.
 	ConnectTimeout time.Duration
+	// RequestTimeout is how long a request (a send, a history or a sync
+	// request) waits for the server's answer, once published, before it is
+	// published again with the same id: the server may have dropped the
+	// answer (a full write queue), and answers a repeated send from its
+	// first outcome. Time spent disconnected does not count. Default 10s.
+	RequestTimeout time.Duration
+	// RequestRetries is how many times a request is published again after
+	// RequestTimeout passed without an answer; then SendMessage and History
+	// return ErrTimeout, and the catch-up starts a new sync request. Default
+	// 2 (3 tries); -1 means none.
+	RequestRetries int
+	// MaxAhead bounds the stored messages the client holds because they
+	// arrived beyond a hole in inboxSeq (waiting for the catch-up to fill
+	// it). At the bound, further ones are not held, and the catch-up runs
+	// again to fetch them from the history. Default 1000 (1-100000).
+	MaxAhead int
 	// MaxReconnectInterval caps the backoff between reconnect attempts.
 	// Default 30s.
 	MaxReconnectInterval time.Duration
@@ -76,6 +102,15 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives the client's diagnostics. Default: discard.
 	Logger *slog.Logger
+
+	hooks *testHooks // set by tests only (export_test.go); nil otherwise
+}
+
+// testHooks let tests of this package reach inside a Client.
+type testHooks struct {
+	newMessageID func() string // replaces the generator of message ids
+	subscribed   func()        // runs in onConnect between the SUBACK and marking the client up
+	lost         func()        // runs at the end of onLost
 }
 
 func (c Config) withDefaults() Config {
@@ -93,6 +128,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.RequestRetries == 0 {
+		c.RequestRetries = 2
+	}
+	if c.MaxAhead == 0 {
+		c.MaxAhead = 1000
 	}
 	if c.MaxReconnectInterval == 0 {
 		c.MaxReconnectInterval = 30 * time.Second
@@ -113,6 +157,12 @@ func (c Config) validate() error {
 		return errors.New("client: Config.Token or TokenFunc is required")
 	case c.SyncPageSize < 1 || c.SyncPageSize > protocol.MaxPageLimit:
 		return fmt.Errorf("client: Config.SyncPageSize %d is outside 1 to %d", c.SyncPageSize, protocol.MaxPageLimit)
+	case c.RequestTimeout < 0:
+		return fmt.Errorf("client: Config.RequestTimeout %v is negative", c.RequestTimeout)
+	case c.RequestRetries < -1:
+		return fmt.Errorf("client: Config.RequestRetries %d is below -1", c.RequestRetries)
+	case c.MaxAhead < 1 || c.MaxAhead > 100000:
+		return fmt.Errorf("client: Config.MaxAhead %d is outside 1 to 100000", c.MaxAhead)
 	}
 	return nil
 }
@@ -122,22 +172,29 @@ type Client struct {
 	cfg  Config
 	log  *slog.Logger
 	mqtt paho.Client
-	ids  atomic.Uint64 // request id counter
 	run  *dispatcher
+	// dialed is set when Dial returns the client: subscribe errors are then
+	// retried instead of failing Dial.
+	dialed atomic.Bool
 
-	mu       sync.Mutex                      // guards the fields below
-	up       chan struct{}                   // closed while connected; replaced when the connection is lost
-	lost     chan struct{}                   // closed when the current connection is lost
-	closed   bool                            //
-	pending  map[string]chan json.RawMessage // request id -> its answer
-	cursor   uint64                          // highest inboxSeq delivered to OnMessage
-	epoch    string                          // epoch of cursor
-	ahead    map[uint64]protocol.Message     // stored messages beyond cursor+1
-	syncing  bool                            // a catch-up is running
-	resync   bool                            // run the catch-up again when it ends
-	typists  map[string]*Typist              // by peer
-	watching map[string]*peerTyping          // by peer
-	done     chan struct{}                   // closed by Close
+	mu       sync.Mutex             // guards the fields below
+	up       chan struct{}          // closed while connected; replaced when the connection is lost
+	lost     chan struct{}          // closed when the current connection is lost
+	closed   bool                   //
+	connects uint64                 // onConnect calls; a later one supersedes an earlier
+	pending  map[string]chan []byte // request id -> its answer
+	cursor   uint64                 // highest inboxSeq delivered to OnMessage
+	epoch    string                 // epoch of cursor
+	ahead    map[uint64]entry       // stored messages beyond cursor+1; at most cfg.MaxAhead
+	syncing  bool                   // a catch-up is running
+	resync   bool                   // run the catch-up again when it ends
+	typists  map[string]*Typist     // by peer
+	watching map[string]*peerTyping // by peer
+	done     chan struct{}          // closed by Close
+
+	stats struct { // counters of Stats
+		timeouts, aheadDropped, undecodable atomic.Uint64
+	}
 }
 
 // Dial connects to the broker, subscribes and returns. It starts catching up
@@ -152,11 +209,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg: cfg, log: cfg.Logger, run: newDispatcher(),
 		up: make(chan struct{}), lost: make(chan struct{}),
-		pending: map[string]chan json.RawMessage{}, cursor: cfg.InboxSeq, epoch: cfg.Epoch,
-		ahead: map[uint64]protocol.Message{}, typists: map[string]*Typist{},
+		pending: map[string]chan []byte{}, cursor: cfg.InboxSeq, epoch: cfg.Epoch,
+		ahead: map[uint64]entry{}, typists: map[string]*Typist{},
 		watching: map[string]*peerTyping{}, done: make(chan struct{}),
 	}
-	subscribed := make(chan error, 1)
+	subscribed := make(chan error, 1) // the first subscribe error of Dial's connect
 	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.DeviceID).
 		SetCleanSession(!cfg.Persistent).SetOrderMatters(true).SetKeepAlive(30 * time.Second).
 		SetAutoReconnect(true).SetConnectRetry(false).SetMaxReconnectInterval(cfg.MaxReconnectInterval).
@@ -171,52 +228,113 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 			}
 			return cfg.User, tok
 		}).
-		SetOnConnectHandler(func(paho.Client) {
-			err := c.onConnect()
-			select {
-			case subscribed <- err:
-			default:
-			}
-		}).
+		SetOnConnectHandler(func(paho.Client) { c.onConnect(subscribed) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { c.onLost(err) })
 	c.mqtt = paho.NewClient(opts)
+	up := c.up // the first; closed by the first onConnect that subscribed
 	tok := c.mqtt.Connect()
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		c.mqtt.Disconnect(0)
+		// paho cannot abort its attempt: its goroutines end with it, within
+		// ConnectTimeout, and disconnect if it succeeded.
+		c.shutdown(0)
 		return nil, ctx.Err()
 	}
 	if err := tok.Error(); err != nil {
-		c.mqtt.Disconnect(0)
-		c.run.stop()
+		c.Close()
 		if errors.Is(err, pahopackets.ErrorRefusedNotAuthorised) || errors.Is(err, pahopackets.ErrorRefusedBadUsernameOrPassword) {
 			return nil, ErrNotAuthorized
 		}
 		return nil, fmt.Errorf("client: connect %s: %w", cfg.Broker, err)
 	}
 	select {
+	case <-up:
+		c.dialed.Store(true)
+		return c, nil
 	case err := <-subscribed:
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
+		c.Close()
+		return nil, err
 	case <-ctx.Done():
 		c.Close()
 		return nil, ctx.Err()
 	}
-	return c, nil
 }
 
 // onConnect subscribes, marks the client connected and starts a catch-up.
-// paho runs it on its own goroutine after every connect.
-func (c *Client) onConnect() error {
+// paho runs it on a goroutine of its own after every connect, and runs
+// onLost on another: the state is decided under c.mu from paho's own view
+// of the connection, whatever order the two run in.
+//
+// A subscribe that fails or gets no SUBACK within ConnectTimeout is tried
+// again with backoff while the connection lasts; the first failure of
+// Dial's connect goes to dialErr instead, and Dial fails with it.
+func (c *Client) onConnect(dialErr chan<- error) {
+	c.mu.Lock()
+	c.connects++
+	me := c.connects
+	c.mu.Unlock()
 	u := c.cfg.User
 	filters := map[string]byte{protocol.InboxTopic(u): 1, protocol.OnlineFilter(u): 0, protocol.ReplyTopic(u): 1}
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, c.cfg.MaxReconnectInterval) {
+		err := c.subscribe(filters)
+		if err == nil {
+			break
+		}
+		c.log.Error("subscribe failed", "error", err)
+		if !c.dialed.Load() {
+			select {
+			case dialErr <- err:
+			default:
+			}
+			return
+		}
+		if !c.mqtt.IsConnectionOpen() {
+			return // the next connect subscribes
+		}
+		if !c.pause(backoff) {
+			return // closed
+		}
+		c.mu.Lock()
+		superseded := c.connects != me
+		c.mu.Unlock()
+		if superseded {
+			return
+		}
+	}
+	if h := c.cfg.hooks; h != nil && h.subscribed != nil {
+		h.subscribed()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.connects != me || !c.mqtt.IsConnectionOpen() {
+		// Closed, or this connection was lost after its SUBACK (its onLost
+		// may have run already) and the next connect takes over.
+		return
+	}
+	select {
+	case <-c.up:
+		// Still up from a connection whose onLost has not run yet (paho
+		// reconnected first). Requests waiting on it are sent again.
+		close(c.lost)
+		c.lost = make(chan struct{})
+		c.connection(false)
+	default:
+		close(c.up)
+	}
+	c.connection(true)
+	c.log.Info("connected", "broker", c.cfg.Broker, "user", u)
+	go c.catchUp()
+}
+
+// subscribe subscribes to filters and waits for the SUBACK.
+func (c *Client) subscribe(filters map[string]byte) error {
 	tok := c.mqtt.SubscribeMultiple(filters, c.route)
-	if !tok.WaitTimeout(c.cfg.ConnectTimeout) || tok.Error() != nil {
-		c.log.Error("subscribe failed", "error", tok.Error())
-		return fmt.Errorf("client: subscribe: %v", tok.Error())
+	if !tok.WaitTimeout(c.cfg.ConnectTimeout) {
+		return fmt.Errorf("client: subscribe: no SUBACK within %v", c.cfg.ConnectTimeout)
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("client: subscribe: %w", err)
 	}
 	for f, code := range tok.(*paho.SubscribeToken).Result() {
 		// With a persistent session present, mochi may refuse a repeated
@@ -226,34 +344,36 @@ func (c *Client) onConnect() error {
 			return fmt.Errorf("client: subscription %s refused (%#x)", f, code)
 		}
 	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return ErrClosed
-	}
-	close(c.up)
-	c.mu.Unlock()
-	c.log.Info("connected", "broker", c.cfg.Broker, "user", u)
-	if c.cfg.OnConnection != nil {
-		c.run.do(func() { c.cfg.OnConnection(true) })
-	}
-	go c.catchUp()
 	return nil
 }
 
+// onLost marks the client disconnected, unless paho has connected again
+// already (that connection's onConnect then does it). paho runs it on a
+// goroutine of its own.
 func (c *Client) onLost(err error) {
+	c.log.Warn("connection lost", "error", err)
 	c.mu.Lock()
 	select {
 	case <-c.up:
-		c.up = make(chan struct{})
-		close(c.lost)
-		c.lost = make(chan struct{})
+		if !c.mqtt.IsConnectionOpen() {
+			c.up = make(chan struct{})
+			close(c.lost)
+			c.lost = make(chan struct{})
+			c.connection(false)
+		}
 	default:
 	}
 	c.mu.Unlock()
-	c.log.Warn("connection lost", "error", err)
-	if c.cfg.OnConnection != nil {
-		c.run.do(func() { c.cfg.OnConnection(false) })
+	if h := c.cfg.hooks; h != nil && h.lost != nil {
+		h.lost()
+	}
+}
+
+// connection reports a connect (true) or loss (false) to OnConnection.
+// c.mu is held, so that reports keep the order of the state changes.
+func (c *Client) connection(up bool) {
+	if c.cfg.OnConnection != nil && !c.closed {
+		c.run.do(func() { c.cfg.OnConnection(up) })
 	}
 }
 
@@ -261,47 +381,95 @@ func (c *Client) onLost(err error) {
 func (c *Client) route(_ paho.Client, m paho.Message) {
 	switch _, kind := protocol.ParseTopic(m.Topic()); kind {
 	case protocol.TopicInbox, protocol.TopicOnline:
-		var msg protocol.Message
-		if err := json.Unmarshal(m.Payload(), &msg); err != nil {
-			c.log.Error("undecodable message", "topic", m.Topic(), "error", err)
-			return
-		}
-		if kind == protocol.TopicOnline || msg.OnlineUserOnly {
+		msg, bad := decodeMessage(m.Topic(), m.Payload())
+		switch {
+		case bad != nil && kind == protocol.TopicInbox && !bad.OnlineUserOnly && bad.InboxSeq > 0:
+			// Its place in inboxSeq is known: report it there.
+			c.acceptStored(entry{bad: bad})
+			c.fillGap()
+		case bad != nil:
+			c.undecodable(bad)
+		case kind == protocol.TopicOnline || msg.OnlineUserOnly:
 			c.acceptOnline(msg)
-			return
+		default:
+			c.acceptStored(entry{m: msg})
+			c.fillGap()
 		}
-		c.acceptStored(msg)
-		c.fillGap()
 	case protocol.TopicReply:
-		var head struct {
-			ID string `json:"id"`
-		}
-		if json.Unmarshal(m.Payload(), &head) != nil || head.ID == "" {
-			return
-		}
+		id := replyID(m.Payload())
 		c.mu.Lock()
-		ch := c.pending[head.ID]
-		delete(c.pending, head.ID)
+		ch := c.pending[id]
+		delete(c.pending, id)
 		c.mu.Unlock()
-		if ch != nil {
-			ch <- m.Payload()
+		if ch == nil {
+			if id == "" {
+				c.undecodable(&DecodeError{Topic: m.Topic(), Err: errors.New("answer without an id")})
+			}
+			return // an answer to a request that returned already
+		}
+		select {
+		case ch <- m.Payload():
+		default: // an answer to an earlier try is waiting already
 		}
 	}
 }
 
-// acceptStored passes a stored message to OnMessage if it is the next in
-// inboxSeq order, holds it if it is ahead, and drops it if seen before.
-func (c *Client) acceptStored(m protocol.Message) {
+// undecodable counts and reports something the client could not decode.
+func (c *Client) undecodable(e *DecodeError) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.undecodableLocked(e)
+}
+
+func (c *Client) undecodableLocked(e *DecodeError) {
+	c.stats.undecodable.Add(1)
+	c.log.Error("undecodable", "topic", e.Topic, "msg_id", e.MsgID, "inbox_seq", e.InboxSeq, "error", e.Err)
+	c.reportLocked(e)
+}
+
+// reportLocked passes err to OnError, in order with the other callbacks.
+// c.mu is held.
+func (c *Client) reportLocked(err error) {
+	if c.cfg.OnError != nil && !c.closed {
+		c.run.do(func() { c.cfg.OnError(err) })
+	}
+}
+
+// entry is a stored message in inboxSeq order: one decoded, or one the
+// client could not decode, whose place is reported to OnError instead.
+type entry struct {
+	m   protocol.Message
+	bad *DecodeError // set if m could not be decoded
+}
+
+func (e entry) seq() uint64 {
+	if e.bad != nil {
+		return e.bad.InboxSeq
+	}
+	return e.m.InboxSeq
+}
+
+// acceptStored passes a stored message to OnMessage (or its decode error
+// to OnError) if it is the next in inboxSeq order, holds it if it is ahead,
+// and drops it if seen before.
+func (c *Client) acceptStored(e entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seq := e.seq()
 	switch {
-	case m.InboxSeq <= c.cursor:
+	case seq <= c.cursor:
 		return // delivered before (a resend, or a sync overlapping live delivery)
-	case m.InboxSeq > c.cursor+1:
-		c.ahead[m.InboxSeq] = m
+	case seq > c.cursor+1:
+		if _, held := c.ahead[seq]; !held && len(c.ahead) >= c.cfg.MaxAhead {
+			// The history has it: the catch-up fetches it.
+			c.stats.aheadDropped.Add(1)
+			c.resync = true
+			return
+		}
+		c.ahead[seq] = e
 		return
 	}
-	c.deliverLocked(m)
+	c.deliverLocked(e)
 	for {
 		next, ok := c.ahead[c.cursor+1]
 		if !ok {
@@ -312,8 +480,13 @@ func (c *Client) acceptStored(m protocol.Message) {
 	}
 }
 
-func (c *Client) deliverLocked(m protocol.Message) {
-	c.cursor = m.InboxSeq
+func (c *Client) deliverLocked(e entry) {
+	c.cursor = e.seq()
+	if e.bad != nil {
+		c.undecodableLocked(e.bad)
+		return
+	}
+	m := e.m
 	if c.cfg.OnTyping != nil && m.From != c.cfg.User {
 		c.typingCleared(m.From, m.Time)
 	}
@@ -325,19 +498,20 @@ func (c *Client) deliverLocked(m protocol.Message) {
 // acceptSynced is acceptStored for a message from a sync answer. A sync
 // answer returns everything the server still has, so a hole in it is
 // messages the server's retention pruned: the cursor moves past them.
-func (c *Client) acceptSynced(m protocol.Message) {
+func (c *Client) acceptSynced(e entry) {
+	seq := e.seq()
 	c.mu.Lock()
-	if m.InboxSeq > c.cursor+1 {
-		c.log.Debug("pruned by the server", "from", c.cursor+1, "to", m.InboxSeq-1)
-		for seq := range c.ahead {
-			if seq < m.InboxSeq {
-				delete(c.ahead, seq)
+	if seq > c.cursor+1 {
+		c.log.Debug("pruned by the server", "from", c.cursor+1, "to", seq-1)
+		for s := range c.ahead {
+			if s < seq {
+				delete(c.ahead, s)
 			}
 		}
-		c.cursor = m.InboxSeq - 1
+		c.cursor = seq - 1
 	}
 	c.mu.Unlock()
-	c.acceptStored(m)
+	c.acceptStored(e)
 }
 
 // fillGap starts a catch-up if messages are held beyond a hole.
@@ -372,28 +546,44 @@ func (c *Client) catchUp() {
 		after := c.cursor
 		c.resync = false
 		c.mu.Unlock()
-		var page protocol.Page
-		err := c.request(context.Background(), protocol.SyncTopic(c.cfg.User), func(id string) any {
+		topic := protocol.SyncTopic(c.cfg.User)
+		answer, err := c.request(context.Background(), topic, func(id string) any {
 			return protocol.SyncRequest{ID: id, After: after, Limit: c.cfg.SyncPageSize}
-		}, &page)
-		if err != nil {
-			if !errors.Is(err, ErrClosed) {
-				c.log.Error("catch-up failed; retried at the next connect or gap", "error", err)
+		})
+		var page protocol.Page
+		var bad []*DecodeError
+		if err == nil {
+			if page, bad, err = decodePage(protocol.ReplyTopic(c.cfg.User), answer); err != nil {
+				err = c.undecodableAnswer(err)
+			} else {
+				err = serverError(page.Error)
 			}
-			return
+		}
+		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			c.log.Error("catch-up request failed; sending another", "error", err, "after", after)
+			c.mu.Lock()
+			c.reportLocked(fmt.Errorf("client: catch-up after inboxSeq %d: %w", after, err))
+			c.mu.Unlock()
+			if !errors.Is(err, ErrTimeout) && !c.pause(c.cfg.RequestTimeout) {
+				return // closed
+			}
+			continue
 		}
 		c.mu.Lock()
 		if c.epoch != "" && page.Epoch != c.epoch {
 			c.log.Warn("server history was reset; starting over", "old_epoch", c.epoch, "epoch", page.Epoch)
-			c.cursor, c.ahead = 0, map[uint64]protocol.Message{}
+			c.cursor, c.ahead = 0, map[uint64]entry{}
 			c.epoch = page.Epoch
 			c.mu.Unlock()
 			continue
 		}
 		c.epoch = page.Epoch
 		c.mu.Unlock()
-		for _, m := range page.Messages {
-			c.acceptSynced(m)
+		for _, e := range merge(page.Messages, bad) {
+			c.acceptSynced(e)
 		}
 		c.mu.Lock()
 		again := page.More || c.resync
@@ -404,26 +594,76 @@ func (c *Client) catchUp() {
 	}
 }
 
+// merge returns the messages of a sync page and those of it the client could
+// not decode but knows the place of, in inboxSeq order. The others are
+// reported; the cursor moves past them as past pruned messages.
+func merge(good []protocol.Message, bad []*DecodeError) []entry {
+	out := make([]entry, 0, len(good)+len(bad))
+	for _, m := range good {
+		out = append(out, entry{m: m})
+	}
+	for _, b := range bad {
+		out = append(out, entry{bad: b})
+	}
+	slices.SortStableFunc(out, func(a, b entry) int { return cmp.Compare(a.seq(), b.seq()) })
+	return out
+}
+
+// undecodableAnswer counts and reports an answer that could not be
+// decoded, and returns the error for the request that waited for it.
+func (c *Client) undecodableAnswer(err error) error {
+	e := &DecodeError{Topic: protocol.ReplyTopic(c.cfg.User), Err: err}
+	c.undecodable(e)
+	return e
+}
+
+// pause waits for d, and reports false if the client was closed first.
+func (c *Client) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.done:
+		return false
+	}
+}
+
 // request publishes the request that build makes with a fresh id to topic,
-// and decodes the answer into out. If the connection drops before the answer
-// comes, it waits for the next connection and publishes the same request
-// again.
-func (c *Client) request(ctx context.Context, topic string, build func(id string) any, out any) error {
+// and returns the answer. If the connection drops before the answer comes,
+// it waits for the next connection and publishes the same request again.
+func (c *Client) request(ctx context.Context, topic string, build func(id string) any) ([]byte, error) {
 	id := c.newID()
 	payload, err := json.Marshal(build(id))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return c.exchange(ctx, topic, id, payload, out)
+	answer, _, err := c.exchange(ctx, topic, id, payload)
+	return answer, err
 }
 
-// newID returns a request id unique to this client.
+// newID returns an id for a request or message that no client ever used
+// before, across app restarts and devices: an xid (time, machine, process
+// and counter). The server remembers message ids for as long as it keeps
+// the message, so a counter that restarts with the app would collide.
 func (c *Client) newID() string {
-	return fmt.Sprintf("%s-%d", c.cfg.DeviceID, c.ids.Add(1))
+	return xid.New().String()
 }
 
-func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte, out any) error {
-	answer := make(chan json.RawMessage, 1)
+// newMessageID returns the id of a message sent without one: newID, unless
+// a test replaces it.
+func (c *Client) newMessageID() string {
+	if c.cfg.hooks != nil && c.cfg.hooks.newMessageID != nil {
+		return c.cfg.hooks.newMessageID()
+	}
+	return c.newID()
+}
+
+// exchange publishes payload, the request with the given id, to topic and
+// returns the answer, and how many times it published the request.
+func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte) (answer []byte, sent int, err error) {
+	answers := make(chan []byte, 1) // the first answer to any try
+	timeouts := 0                   // tries that got no answer in time
 	defer func() {
 		c.mu.Lock()
 		delete(c.pending, id)
@@ -433,17 +673,17 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return ErrClosed
+			return nil, sent, ErrClosed
 		}
 		up, lost := c.up, c.lost
-		c.pending[id] = answer
+		c.pending[id] = answers
 		c.mu.Unlock()
 		select { // wait until connected
 		case <-up:
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			return nil, sent, ErrClosed
 		}
 		// QoS 0: the answer is the acknowledgement, and this loop resends
 		// after a reconnect. At QoS 1 paho would also keep and resend the
@@ -453,30 +693,42 @@ func (c *Client) exchange(ctx context.Context, topic, id string, payload []byte,
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			return nil, sent, ErrClosed
 		}
 		if tok.Error() != nil {
 			c.log.Debug("request not sent; retrying after reconnect", "id", id, "error", tok.Error())
 			select {
 			case <-lost:
 			case <-ctx.Done():
-				return ctx.Err()
+				return nil, sent, ctx.Err()
 			case <-c.done:
-				return ErrClosed
+				return nil, sent, ErrClosed
 			}
 			continue
 		}
+		sent++
+		timer := time.NewTimer(c.cfg.RequestTimeout)
 		select {
-		case a := <-answer:
-			return json.Unmarshal(a, out)
+		case a := <-answers:
+			timer.Stop()
+			return a, sent, nil
 		case <-lost:
+			timer.Stop()
 			c.log.Debug("connection lost before the answer; sending again", "id", id)
+		case <-timer.C:
+			c.stats.timeouts.Add(1)
+			if timeouts++; timeouts > c.cfg.RequestRetries {
+				return nil, sent, fmt.Errorf("%w: no answer to %s within %v, %d tries", ErrTimeout, id, c.cfg.RequestTimeout, timeouts)
+			}
+			c.log.Warn("no answer; sending again", "id", id, "timeout", c.cfg.RequestTimeout)
 		case <-ctx.Done():
-			return ctx.Err()
+			timer.Stop()
+			return nil, sent, ctx.Err()
 		case <-c.done:
-			return ErrClosed
+			timer.Stop()
+			return nil, sent, ErrClosed
 		}
 	}
 }
@@ -497,6 +749,30 @@ func (c *Client) Epoch() string {
 	return c.epoch
 }
 
+// Stats are counters of a Client since Dial.
+type Stats struct {
+	// RequestTimeouts counts tries of a request that got no answer within
+	// Config.RequestTimeout.
+	RequestTimeouts uint64
+	// Ahead is the number of stored messages held now beyond a hole in
+	// inboxSeq, at most Config.MaxAhead; AheadDropped counts those not held
+	// because of that bound (the catch-up fetched them again).
+	Ahead        int
+	AheadDropped uint64
+	// Undecodable counts messages and answers the client could not decode;
+	// each was reported to Config.OnError or to the request that waited.
+	Undecodable uint64
+}
+
+// Stats returns the client's counters. It does not block.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	ahead := len(c.ahead)
+	c.mu.Unlock()
+	return Stats{RequestTimeouts: c.stats.timeouts.Load(), Ahead: ahead, AheadDropped: c.stats.aheadDropped.Load(),
+		Undecodable: c.stats.undecodable.Load()}
+}
+
 // Connected reports whether the client is connected and subscribed now.
 func (c *Client) Connected() bool {
 	c.mu.Lock()
@@ -513,10 +789,17 @@ func (c *Client) Connected() bool {
 // ErrClosed; callbacks already queued still run before Close returns.
 // Later calls return nil.
 func (c *Client) Close() error {
+	c.shutdown(250)
+	return nil
+}
+
+// shutdown is Close, waiting at most quiesce ms for paho to send the
+// DISCONNECT.
+func (c *Client) shutdown(quiesce uint) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil
+		return
 	}
 	c.closed = true
 	close(c.done)
@@ -526,9 +809,8 @@ func (c *Client) Close() error {
 		}
 	}
 	c.mu.Unlock()
-	c.mqtt.Disconnect(250)
+	c.mqtt.Disconnect(quiesce)
 	c.run.stop()
-	return nil
 }
 
 func randomHex(n int) string {

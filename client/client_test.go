@@ -96,6 +96,18 @@ func (a *app) stored(t *testing.T, after uint64, n int) []protocol.Message {
 	return out
 }
 
+// waitFor polls cond until it holds, failing the test after the deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond) // polling a condition
+	}
+}
+
 func send(t *testing.T, c *client.Client, to string, data any, o client.SendOptions) protocol.Receipt {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -331,13 +343,7 @@ func TestCatchUpAfterPruning(t *testing.T) {
 	for i := 1; i <= 6; i++ {
 		httpSend(t, n, admin, i)
 	}
-	deadline := time.Now().Add(wait)
-	for n.Health().Bridge.Pruned < 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("nothing pruned")
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition
-	}
+	waitFor(t, "pruning", func() bool { return n.Health().Bridge.Pruned >= 3 })
 	bobApp := newApp()
 	bob := dial(t, n, "bob", bobApp)
 	if got := bobApp.stored(t, 3, 3); string(got[0].Data) != "4" {

@@ -65,6 +65,9 @@ func (d *dispatcher) stop() {
 	}
 	d.stopped = true
 	d.mu.Unlock()
-	d.wake <- struct{}{}
+	select {
+	case d.wake <- struct{}{}:
+	default: // a token is pending already; or the loop saw stopped and ended
+	}
 	<-d.done
 }

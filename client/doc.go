@@ -21,10 +21,25 @@
 // online-only {"command":"textInput"} messages: the sender side throttles,
 // the receiver side expires the state on its own.
 //
+// Every request waits [Config.RequestTimeout] for its answer and is sent
+// again ([Config.RequestRetries]), so nothing waits for ever on an answer
+// the server dropped; the catch-up keeps sending sync requests until it is
+// through. A message or answer the client cannot decode is counted
+// ([Client.Stats]) and reported ([Config.OnError], or the error of the call
+// that waited for it); a stored one keeps its place in inboxSeq order, so
+// the messages after it still arrive.
+//
+// Messages sent without [SendOptions.ID] get an id that never repeats (an
+// xid), across devices and app restarts.
+//
 // # Caveats
 //
 // Callbacks run one at a time on one goroutine of the client, in order; a
 // slow callback delays later ones, not the network. Online-only messages are
 // never kept by the client: a device that was offline never sees them.
+// The client holds a goroutine for the dispatcher and paho's, one per
+// running catch-up, and one per Typist only while it sends; Close ends
+// them (paho's connect attempt, if Dial was cancelled, within
+// ConnectTimeout).
 // All methods are safe for concurrent use.
 package client

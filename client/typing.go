@@ -23,47 +23,62 @@ type command struct {
 // Typist sends the typing indicator to one peer: call Keystroke on every key
 // press and Stop when the user clears the input without sending.
 type Typist struct {
-	c     *Client
-	peer  string
-	queue chan string // commands to send, in order, by the typist's goroutine
+	c    *Client
+	peer string
 
-	mu   sync.Mutex // guards last
-	last time.Time  // when the last indicator went out; zero after Stop or a send
+	mu      sync.Mutex // guards the fields below
+	last    time.Time  // when the last indicator went out; zero after Stop or a send
+	queue   []string   // commands to send, in order; at most maxTypingQueue
+	sending bool       // a goroutine is sending the queue; it ends when the queue is empty
 }
 
+// maxTypingQueue bounds a Typist's queue; indicators beyond it are dropped.
+const maxTypingQueue = 4
+
 // Typist returns the typing indicator sender for peer (the same one for the
-// same peer). Its goroutine ends with the client.
+// same peer). It holds a goroutine only while indicators are being sent.
 func (c *Client) Typist(peer string) *Typist {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.typists[peer]
 	if t == nil {
-		t = &Typist{c: c, peer: peer, queue: make(chan string, 4)}
+		t = &Typist{c: c, peer: peer}
 		c.typists[peer] = t
-		go t.loop()
 	}
 	return t
 }
 
-// loop sends queued commands one at a time, so that a stop never overtakes
-// the indicator before it.
-func (t *Typist) loop() {
-	for {
-		select {
-		case cmd := <-t.queue:
-			t.send(cmd)
-		case <-t.c.done:
-			return
-		}
+// enqueue queues cmd, dropping it if the queue is full (indicators are
+// best-effort), and starts the sending goroutine if none runs.
+func (t *Typist) enqueue(cmd string) {
+	t.mu.Lock()
+	if len(t.queue) >= maxTypingQueue {
+		t.mu.Unlock()
+		return
+	}
+	t.queue = append(t.queue, cmd)
+	start := !t.sending
+	t.sending = true
+	t.mu.Unlock()
+	if start {
+		go t.drain()
 	}
 }
 
-// enqueue queues cmd, dropping it if the queue is full: indicators are
-// best-effort.
-func (t *Typist) enqueue(cmd string) {
-	select {
-	case t.queue <- cmd:
-	default:
+// drain sends queued commands one at a time, so that a stop never
+// overtakes the indicator before it, and ends when the queue is empty.
+func (t *Typist) drain() {
+	for {
+		t.mu.Lock()
+		if len(t.queue) == 0 {
+			t.sending = false
+			t.mu.Unlock()
+			return
+		}
+		cmd := t.queue[0]
+		t.queue = t.queue[1:]
+		t.mu.Unlock()
+		t.send(cmd)
 	}
 }
 
