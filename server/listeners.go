@@ -46,6 +46,23 @@ func (g *guarded) Serve(establish listeners.EstablishFn) {
 	g.Listener.Serve(g.guard(establish))
 }
 
+// Close closes the wrapped listener and stops its clients. It does not use
+// mochi's own closer: in mochi v2.7.9 Clients.GetByListener takes the
+// clients' read lock twice (through Len), so a client being removed at the
+// same moment, whose write lock waits between the two, deadlocks Shutdown.
+func (g *guarded) Close(listeners.CloseFn) {
+	g.Listener.Close(func(id string) {
+		for _, cl := range g.srv.Clients.GetAll() { // one read lock; a copy
+			if cl.Net.Listener == id {
+				cl.Stop(errListenerClosed)
+			}
+		}
+	})
+}
+
+// errListenerClosed is the reason a client is stopped when its listener closes.
+var errListenerClosed = errors.New("listener closed")
+
 // guard wraps establish so that a panic in it closes that connection only.
 func (g *guarded) guard(establish listeners.EstablishFn) listeners.EstablishFn {
 	return func(id string, c net.Conn) (err error) {
