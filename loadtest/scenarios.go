@@ -244,7 +244,7 @@ func boltCommit(dir string) (float64, error) {
 // seedHistory writes n stored messages between "hub" and 100 peers straight
 // into the history file of dataDir, before the server opens it.
 func seedHistory(dataDir string, n int, progress func(done int)) error {
-	s, err := storage.Open(filepath.Join(dataDir, "history.db"), &storage.Options{MaxBatch: 4096})
+	s, err := storage.OpenBolt(filepath.Join(dataDir, "history.db"), &storage.Options{MaxBatch: 4096})
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,7 @@ func checkFor(t testing.TB, total time.Duration, what string, cond func() bool) 
 // heldWriter is a store whose writer goroutine can be held inside OnCommit,
 // so that a test can queue appends that will then share one commit.
 type heldWriter struct {
-	*Store
+	*Bolt
 	entered chan struct{} // receives when OnCommit is entered while holding
 	release chan struct{} // closed to let the held OnCommit return
 	mu      sync.Mutex    // guards holding and committed
@@ -50,7 +50,7 @@ func openHeld(t *testing.T, opts Options) *heldWriter {
 			<-h.release
 		}
 	}
-	h.Store, _ = openTemp(t, &opts)
+	h.Bolt, _ = openTemp(t, &opts)
 	return h
 }
 
@@ -84,7 +84,7 @@ func (h *heldWriter) appendAll(t *testing.T, ms []protocol.Message) ([]Appended,
 			defer cancel()
 			res[i], errs[i] = h.Append(ctx, m)
 		}()
-		checkFor(t, 5*time.Second, "append not queued", func() bool { return len(h.reqs) == i+1 })
+		checkFor(t, 5*time.Second, "append not queued", func() bool { return h.Stats().Queued == i+1 })
 	}
 	close(h.release)
 	wg.Wait()
@@ -183,7 +183,7 @@ func TestCommitErrorReachesEveryAppend(t *testing.T) {
 			res[i], errs[i] = h.Append(context.Background(), m)
 		}()
 	}
-	checkFor(t, 5*time.Second, "appends not queued", func() bool { return len(h.reqs) == len(ms) })
+	checkFor(t, 5*time.Second, "appends not queued", func() bool { return h.Stats().Queued == len(ms) })
 	closed := make(chan error, 1)
 	go func() { closed <- h.db.Close() }() // waits for no write: the writer is outside a transaction
 	if err := <-closed; err != nil {

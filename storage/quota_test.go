@@ -14,7 +14,7 @@ import (
 )
 
 // storedBytes returns the byte counter of sender, read from the file.
-func storedBytes(t *testing.T, s *Store, sender string) (n uint64) {
+func storedBytes(t *testing.T, s *Bolt, sender string) (n uint64) {
 	t.Helper()
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		n = counter(tx.Bucket(bucketSeq), bytesKey(sender))
@@ -108,7 +108,7 @@ func TestQuotaFailsOnlyItsAppend(t *testing.T) {
 	if st := h.Stats(); st.Commits-before.Commits != 1 || st.Appended-before.Appended != 4 {
 		t.Errorf("%d commits, %d appends; want 1, 4", st.Commits-before.Commits, st.Appended-before.Appended)
 	}
-	if got := storedBytes(t, h.Store, "alice"); got != 2*size {
+	if got := storedBytes(t, h.Bolt, "alice"); got != 2*size {
 		t.Errorf("alice stores %d, want %d", got, 2*size)
 	}
 }
@@ -117,7 +117,7 @@ func TestQuotaFailsOnlyItsAppend(t *testing.T) {
 // gets the counters a format 4 file would have, and is format 4 after.
 func TestOpenMigratesFormat3(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "h.db")
-	s, err := Open(path, nil)
+	s, err := OpenBolt(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestOpenMigratesFormat3(t *testing.T) {
 	}
 	db.Close()
 
-	s, err = Open(path, &Options{MaxUserBytes: want["u0"]})
+	s, err = OpenBolt(path, &Options{MaxUserBytes: want["u0"]})
 	if err != nil {
 		t.Fatal(err)
 	}

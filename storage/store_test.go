@@ -16,10 +16,10 @@ import (
 	"github.com/imbridge/imbridge/protocol"
 )
 
-func openTemp(t *testing.T, opts *Options) (*Store, string) {
+func openTemp(t *testing.T, opts *Options) (*Bolt, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "history.db")
-	s, err := Open(path, opts)
+	s, err := OpenBolt(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestSyncFollowsInbox(t *testing.T) {
 
 func TestReopenKeepsHistoryAndEpoch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "h.db")
-	s, err := Open(path, nil)
+	s, err := OpenBolt(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestReopenKeepsHistoryAndEpoch(t *testing.T) {
 	if _, err := s.History("alice", "bob", HistoryFilter{Limit: 1}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("history after close: %v", err)
 	}
-	s2, err := Open(path, nil)
+	s2, err := OpenBolt(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,18 +191,18 @@ func TestReopenKeepsHistoryAndEpoch(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "h.db")
-	s, err := Open(path, nil)
+	s, err := OpenBolt(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := Open(path, &Options{LockTimeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+	if _, err := OpenBolt(path, &Options{LockTimeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second open: %v, want ErrLocked", err)
 	}
 
 	garbage := filepath.Join(dir, "garbage.db")
 	os.WriteFile(garbage, []byte("this is not a database, but it is long enough to have a header ......................................................."), 0o600)
-	if _, err := Open(garbage, nil); err == nil {
+	if _, err := OpenBolt(garbage, nil); err == nil {
 		t.Fatal("opened a garbage file")
 	}
 
@@ -210,11 +210,11 @@ func TestOpenErrors(t *testing.T) {
 	db, _ := bolt.Open(foreign, 0o600, nil)
 	db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("other")); return err })
 	db.Close()
-	if _, err := Open(foreign, nil); !errors.Is(err, ErrForeign) {
+	if _, err := OpenBolt(foreign, nil); !errors.Is(err, ErrForeign) {
 		t.Fatalf("foreign file: %v, want ErrForeign", err)
 	}
 
-	if _, err := Open(filepath.Join(dir, "missing", "h.db"), nil); err == nil {
+	if _, err := OpenBolt(filepath.Join(dir, "missing", "h.db"), nil); err == nil {
 		t.Fatal("opened a file in a missing directory")
 	}
 }
