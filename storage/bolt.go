@@ -68,7 +68,7 @@ type Bolt struct {
 // machine). An imbridge older than this one then refuses the file as
 // ErrForeign.
 func OpenBolt(path string, opts *Options) (*Bolt, error) {
-	o := opts.withDefaults()
+	o := opts.WithDefaults()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      o.LockTimeout,
 		FreelistType: bolt.FreelistMapType,

@@ -85,7 +85,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-func (o *Options) withDefaults() Options {
+// WithDefaults returns a copy of o (nil: the zero Options) with the defaults
+// filled in, for a backend.
+func (o *Options) WithDefaults() Options {
 	var v Options
 	if o != nil {
 		v = *o

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -136,7 +137,8 @@ func (w *Writer) run() {
 // the transaction fail, as bbolt's Batch does it takes that append out,
 // commits it alone (so that it gets its own error), and retries the rest
 // together; when the commit itself fails, it retries each append alone, so
-// that a bad request fails only itself. It then releases every sender and
+// that a bad request fails only itself, unless the error wraps
+// ErrUnavailable: then every append of the batch gets it at once. It then releases every sender and
 // only then calls OnCommit.
 func (w *Writer) commit(batch []*Request) {
 	committed := batch // in commit order; batch itself unless a retry split it
@@ -146,6 +148,13 @@ func (w *Writer) commit(batch []*Request) {
 		for len(rest) > 0 && err != nil {
 			if len(rest) == 1 {
 				rest[0].Err = err
+				rest = nil
+				break
+			}
+			if bad < 0 && errors.Is(err, ErrUnavailable) { // the backend is away: no append would do better alone
+				for _, r := range rest {
+					r.Err = err
+				}
 				rest = nil
 				break
 			}
