@@ -335,3 +335,15 @@ func (s *Server) query(db, sql string, dest ...any) error {
 		return conn.QueryRow(ctx, sql).Scan(dest...)
 	})
 }
+
+// UnreachableDSN returns the DSN of a database on a loopback port where
+// nothing listens, and that port as "127.0.0.1:port".
+func UnreachableDSN(t testing.TB) (dsn, addr string) {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	return "postgres://imbridge@" + addr + "/imbridge?sslmode=disable", addr
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -204,13 +203,8 @@ func TestRestart(t *testing.T) {
 // TestOpenUnreachable: Open against a port nobody listens on fails with
 // ErrUnavailable and a message naming the server.
 func TestOpenUnreachable(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	_, err = Open(context.Background(), "postgres://imbridge@"+addr+"/imbridge?sslmode=disable", nil)
+	dsn, addr := testpg.UnreachableDSN(t)
+	_, err := Open(context.Background(), dsn, nil)
 	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), addr[strings.LastIndex(addr, ":")+1:]) {
 		t.Fatalf("open: %v, want ErrUnavailable naming the port", err)
 	}
