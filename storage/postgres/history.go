@@ -174,11 +174,21 @@ func (s *Store) pruneStepTx(conn *pgxpool.Conn, byAge bool, cutoff, maxCount int
 	ctx, cancel := context.WithTimeout(context.Background(), txTimeout)
 	defer cancel()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT m.conv, m.seq, m.sender FROM messages m JOIN counters c ON c.key = 'c' || m.conv
-			WHERE (($1 AND m.time_ms < $2) OR ($3 > 0 AND c.value - m.seq >= $3))
-			AND NOT EXISTS (SELECT 1 FROM messages k WHERE k.conv = m.conv AND k.seq < m.seq
-				AND NOT (($1 AND k.time_ms < $2) OR ($3 > 0 AND c.value - k.seq >= $3)))
-			LIMIT $4`, byAge, cutoff, maxCount, pruneBatch)
+		// Two index-driven halves: the surplus of conversations whose
+		// counter is over MaxCount (the counters' key range 'c'), and
+		// messages older than the cutoff (messages_time) that no kept
+		// message precedes in their conversation.
+		rows, err := tx.Query(ctx, `SELECT conv, seq, sender FROM (
+				(SELECT m.conv, m.seq, m.sender FROM counters c JOIN messages m ON m.conv = substr(c.key, 2) AND m.seq <= c.value - $3
+					WHERE $3 > 0 AND c.key >= 'c' AND c.key < 'd' AND c.value > $3
+					LIMIT $4)
+				UNION
+				(SELECT m.conv, m.seq, m.sender FROM messages m JOIN counters c ON c.key = 'c' || m.conv
+					WHERE $1 AND m.time_ms < $2
+					AND NOT EXISTS (SELECT 1 FROM messages k WHERE k.conv = m.conv AND k.seq < m.seq
+						AND k.time_ms >= $2 AND ($3 = 0 OR c.value - k.seq < $3))
+					ORDER BY m.time_ms LIMIT $4)
+			) AS due LIMIT $4`, byAge, cutoff, maxCount, pruneBatch)
 		if err != nil {
 			return err
 		}

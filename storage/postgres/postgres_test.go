@@ -244,3 +244,65 @@ func TestMigrationsOnce(t *testing.T) {
 		t.Fatalf("%d rows in schema_migrations (%v), want %d", versions, err, len(migrations))
 	}
 }
+
+// TestPruneAcrossSteps: a pass of several transactions (2,500 old messages
+// in one conversation, 1,200 conversations with one old message each, both
+// retention measures) removes exactly what the retention says, with the
+// inbox entries and byte counts.
+func TestPruneAcrossSteps(t *testing.T) {
+	srv := testpg.Start(t)
+	s := open(t, srv.NewDB(t), nil)
+	now := time.Now()
+	old := now.Add(-2 * time.Hour).UnixMilli()
+	var ms []protocol.Message
+	for i := range 2501 {
+		m := storagetest.Msg("big", "bigger", fmt.Sprint("c", i), i)
+		m.Time = old
+		if i == 2500 {
+			m.Time = now.UnixMilli()
+		}
+		ms = append(ms, m)
+	}
+	for i := range 1200 {
+		m := storagetest.Msg(fmt.Sprint("a", i), fmt.Sprint("b", i), "", i)
+		m.Time = old
+		ms = append(ms, m)
+	}
+	var last storage.Appended
+	var wg sync.WaitGroup
+	for w := range 16 { // worker 0 sends big's messages, in order; the others the rest
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lo, hi, step := 0, 2501, 1
+			if w > 0 {
+				lo, hi, step = 2500+w, len(ms), 15
+			}
+			for i := lo; i < hi; i += step {
+				a, err := s.Append(context.Background(), ms[i])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i == 2500 {
+					last = a
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n, err := s.Prune(context.Background(), storage.Retention{MaxAge: time.Hour, MaxCount: 2000}, now); n != 3700 || err != nil {
+		t.Fatalf("pruned %d (%v), want 3700", n, err)
+	}
+	var msgs, inbox int
+	var bytes int64
+	err := s.pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM inbox),
+		(SELECT coalesce(sum(value), 0) FROM counters WHERE key LIKE 'b%')`).Scan(&msgs, &inbox, &bytes)
+	if err != nil || msgs != 1 || inbox != 2 || bytes != int64(len(last.Encoded)) {
+		t.Fatalf("messages %d, inbox entries %d, bytes counted %d (%v); want 1, 2, %d", msgs, inbox, bytes, err, len(last.Encoded))
+	}
+	p, _ := s.Sync("bigger", storage.HistoryFilter{Limit: 10})
+	if len(p.Messages) != 1 || p.Messages[0].InboxSeq != 2501 {
+		t.Fatalf("bigger's inbox: %+v", p.Messages)
+	}
+}
