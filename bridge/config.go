@@ -40,7 +40,7 @@ type Config struct {
 	// Default 10s.
 	SendTimeout time.Duration
 	// LockTimeout is how long Open waits for another process to release the
-	// history file. Default 2s.
+	// history file. Default 2s. bbolt only.
 	LockTimeout time.Duration
 	// Retention prunes each conversation in the background: messages older
 	// than MaxAge, and all but the newest MaxCount. Zero: keep everything.
