@@ -25,7 +25,7 @@ type Bridge struct {
 	log      *slog.Logger
 	srv      *mqtt.Server
 	inline   *mqtt.Client
-	store    *storage.Store
+	store    storage.Store
 	verifier *auth.Verifier
 
 	devices  sync.Map // client ID -> *device, for every session the bridge knows
@@ -87,7 +87,7 @@ type Stats struct {
 	HeldBack        int64 `json:"heldBack"`        // deliveries held back until their session was established
 }
 
-// Open opens the history at cfg.DBPath and attaches a new Bridge to srv as a
+// Open opens the history (cfg.OpenStore, or the bbolt file at cfg.DBPath) and attaches a new Bridge to srv as a
 // hook. srv must be created with Options.InlineClient = true and not yet
 // serving. Open returns storage.ErrLocked when another process holds the file.
 func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
@@ -122,7 +122,7 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		fanoutDone:  make(chan struct{}),
 		waiting:     make(map[string]*heldBack),
 	}
-	b.store, err = storage.Open(cfg.DBPath, &storage.Options{
+	b.store, err = cfg.OpenStore(&storage.Options{
 		LockTimeout:  cfg.LockTimeout,
 		MaxUserBytes: uint64(cfg.MaxUserBytes),
 		OnCommit:     b.queueFanout,
@@ -192,7 +192,7 @@ func (b *Bridge) Close() error {
 	return b.closeErr
 }
 
-// Epoch returns the identity of the history file (see storage.Store.Epoch).
+// Epoch returns the identity of the history (see storage.Store).
 func (b *Bridge) Epoch() string { return b.store.Epoch() }
 
 // Stats returns the bridge's counters.

@@ -11,8 +11,12 @@ import (
 
 // Config configures a Bridge. Zero fields take the defaults written beside them.
 type Config struct {
-	// DBPath is the bbolt history file. Required.
+	// DBPath is the bbolt history file. Required unless OpenStore is set.
 	DBPath string
+	// OpenStore, when set, opens the history instead of the bbolt file at
+	// DBPath (for example postgres.Open), with the options the bridge needs
+	// (its OnCommit, Observe, quota and logger). The bridge closes the store.
+	OpenStore func(*storage.Options) (storage.Store, error)
 	// Secret verifies tokens (HS256). Required, at least 16 bytes.
 	Secret []byte
 	// Tokens are the optional checks of tokens: a required audience and a
@@ -36,7 +40,7 @@ type Config struct {
 	// Default 10s.
 	SendTimeout time.Duration
 	// LockTimeout is how long Open waits for another process to release the
-	// history file. Default 2s.
+	// history file. Default 2s. bbolt only.
 	LockTimeout time.Duration
 	// Retention prunes each conversation in the background: messages older
 	// than MaxAge, and all but the newest MaxCount. Zero: keep everything.
@@ -121,6 +125,10 @@ const (
 )
 
 func (c Config) withDefaults() Config {
+	if c.OpenStore == nil && c.DBPath != "" {
+		path := c.DBPath
+		c.OpenStore = func(o *storage.Options) (storage.Store, error) { return storage.OpenBolt(path, o) }
+	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = DefaultMaxPayload
 	}
@@ -175,7 +183,7 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	switch {
-	case c.DBPath == "":
+	case c.DBPath == "" && c.OpenStore == nil:
 		return ErrNoDBPath
 	case len(c.Secret) < auth.MinSecretLen:
 		return fmt.Errorf("bridge: Config.Secret must be at least %d bytes", auth.MinSecretLen)

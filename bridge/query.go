@@ -81,7 +81,7 @@ func (b *Bridge) queryFailed(page protocol.Page, err error) protocol.Page {
 	b.stats.storeErrors.Add(1)
 	b.log.Error("history query", "error", err)
 	code := protocol.CodeStoreFailed
-	if errors.Is(err, storage.ErrClosed) {
+	if errors.Is(err, storage.ErrClosed) || errors.Is(err, storage.ErrUnavailable) {
 		code = protocol.CodeUnavailable
 	}
 	page.Error = &protocol.Error{Code: code, Message: err.Error()}

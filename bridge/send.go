@@ -57,6 +57,8 @@ func (b *Bridge) sendStored(ctx context.Context, m protocol.Message) protocol.Re
 		switch {
 		case errors.Is(err, storage.ErrClosed):
 			code = protocol.CodeUnavailable
+		case errors.Is(err, storage.ErrUnavailable):
+			code, msg = protocol.CodeUnavailable, "message not stored: the history is unavailable; retry with the same id"
 		case errors.Is(err, storage.ErrQuotaExceeded):
 			code, msg = protocol.CodeQuota, "nothing stored: "+m.From+"'s stored messages reached the storage quota of the server"
 		case errors.Is(err, context.DeadlineExceeded):

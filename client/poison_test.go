@@ -27,7 +27,7 @@ var (
 // data on send, and the test must not depend on whether it does.
 func storeDirectly(t *testing.T, dir string, data ...string) {
 	t.Helper()
-	st, err := storage.Open(filepath.Join(dir, "history.db"), nil)
+	st, err := storage.OpenBolt(filepath.Join(dir, "history.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imbridge/imbridge/internal/testpg"
 )
 
 // TestMain lets this test binary act as the tool's server child too.
@@ -23,7 +25,7 @@ func TestMain(m *testing.M) {
 func TestTinyRun(t *testing.T) {
 	s := sizes{duration: 300 * time.Millisecond, latencyPairs: 2, latencyRate: 200, tputPairs: 2,
 		storedSenders: []int{1, 2}, historyMsgs: 500, historyQueries: 10, devices: 20, fanoutMsgs: 20, pickMsgs: 40}
-	rows, plots, err := run(s, []string{"latency", "throughput", "stored", "history", "capacity", "fanout"}, os.Stderr)
+	rows, plots, err := run(s, []string{"latency", "throughput", "stored", "history", "capacity", "fanout"}, "", os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,5 +51,28 @@ func TestTinyRun(t *testing.T) {
 	}
 	if err := cdfPlot(t.TempDir()+"/x.png", "test", plots["latency-online"]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStoredOnPostgres runs the stored scenario with -postgres at a tiny
+// size: the PostgreSQL rows are there, with figures.
+func TestStoredOnPostgres(t *testing.T) {
+	dsn := testpg.Start(t).NewDB(t)
+	s := sizes{duration: 300 * time.Millisecond, storedSenders: []int{2}}
+	rows, _, err := run(s, []string{"stored"}, dsn, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range rows {
+		if strings.Contains(r.scenario, "PostgreSQL") {
+			n++
+			if math.IsNaN(r.bridge) || r.bridge <= 0 {
+				t.Errorf("%s / %s: %v", r.scenario, r.metric, r.bridge)
+			}
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d PostgreSQL rows, want 4", n)
 	}
 }

@@ -34,6 +34,7 @@ func main() {
 	only := flag.String("scenarios", "latency,throughput,stored,history,capacity,fanout", "comma-separated scenarios to run")
 	md := flag.String("md", "", "also write the report as Markdown to this file")
 	png := flag.String("png", "", "write latency distribution plots (PNG) into this directory")
+	pg := flag.String("postgres", "", "stored scenario: also run imbridge with its history in this PostgreSQL database (a DSN, as mqttd -postgres), next to bbolt")
 	soakFor := flag.Duration("soak", 0, "instead of the scenarios, soak a node this long (e.g. 12m): idle devices, active pairs, graceful restarts")
 	soakIdle := flag.Int("soak-idle", 2000, "soak: idle devices")
 	soakPairs := flag.Int("soak-pairs", 50, "soak: pairs sending stored and online-only messages")
@@ -46,7 +47,7 @@ func main() {
 	if *quick {
 		s = quickSizes
 	}
-	rows, plots, err := run(s, strings.Split(*only, ","), os.Stderr)
+	rows, plots, err := run(s, strings.Split(*only, ","), *pg, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
@@ -94,8 +95,9 @@ func machine() string {
 }
 
 // run runs the scenarios and returns the report rows and the latency series
-// to plot (plot name -> server kind -> sorted latencies).
-func run(s sizes, only []string, log *os.File) ([]row, map[string]map[string][]time.Duration, error) {
+// to plot (plot name -> server kind -> sorted latencies). pg, if set, is the
+// PostgreSQL DSN of the stored scenario's third run.
+func run(s sizes, only []string, pg string, log *os.File) ([]row, map[string]map[string][]time.Duration, error) {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(log, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
@@ -224,6 +226,18 @@ func run(s sizes, only []string, log *os.File) ([]row, map[string]map[string][]t
 			if n == 1 {
 				rows = append(rows, row{scenario: sc, metric: "PUBACK p50 vs one bbolt commit", unit: "µs",
 					bridge: pct(acks[kindBridge], 50), base: commit, baseName: "1 commit", goal: "≤ 3x", check: atMost(3)})
+			}
+			if pg != "" {
+				r, lat, perCommitPG, err := storedOnPostgres(s, n, pg, secret, progress)
+				if err != nil {
+					return nil, nil, err
+				}
+				sc := fmt.Sprintf("stored (QoS 1), %d sender(s): PostgreSQL vs bbolt", n)
+				rows = append(rows,
+					row{scenario: sc, metric: "sent, each waiting for PUBACK", unit: "msg/s", bridge: r, base: rate[kindBridge], baseName: "bbolt"},
+					row{scenario: sc, metric: "PUBACK p50", unit: "µs", bridge: pct(lat, 50), base: pct(acks[kindBridge], 50), baseName: "bbolt"},
+					row{scenario: sc, metric: "PUBACK p99", unit: "µs", bridge: pct(lat, 99), base: pct(acks[kindBridge], 99), baseName: "bbolt"},
+					row{scenario: sc, metric: "messages per commit", unit: "msgs", bridge: perCommitPG, base: perCommit, baseName: "bbolt"})
 			}
 		}
 	}

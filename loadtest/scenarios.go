@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -189,6 +190,37 @@ func stored(w wire, s sizes, n int) (float64, *latencies, error) {
 	return float64(count.Load()) / time.Since(start).Seconds(), acks, nil
 }
 
+// storedOnPostgres runs stored against imbridge with its history in the
+// PostgreSQL database dsn, and returns messages per second, the sorted
+// PUBACK latencies and the messages per commit.
+func storedOnPostgres(s sizes, n int, dsn string, secret []byte, progress func(string, ...any)) (float64, []time.Duration, float64, error) {
+	dir, err := os.MkdirTemp("", "loadtest-pg")
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	defer os.RemoveAll(dir)
+	progress("stored, %d senders: imbridge on PostgreSQL", n)
+	t, err := startTarget(kindBridge, dir, secret, envPostgres+"="+dsn)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	defer t.stop()
+	w := wire{t}
+	before, err := t.stats(false)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	r, lat, err := stored(w, s, n)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	after, err := t.stats(false)
+	if err != nil || after.Commits == before.Commits {
+		return 0, nil, 0, fmt.Errorf("stored on PostgreSQL: no commit counted (%v)", err)
+	}
+	return r, lat.sorted(), float64(after.Appended-before.Appended) / float64(after.Commits-before.Commits), nil
+}
+
 // boltBatch is the baseline of stored: bbolt's own db.Batch with n
 // concurrent writers on the same disk, one key per call.
 func boltBatch(dir string, d time.Duration, n int) (float64, error) {
@@ -244,7 +276,7 @@ func boltCommit(dir string) (float64, error) {
 // seedHistory writes n stored messages between "hub" and 100 peers straight
 // into the history file of dataDir, before the server opens it.
 func seedHistory(dataDir string, n int, progress func(done int)) error {
-	s, err := storage.Open(filepath.Join(dataDir, "history.db"), &storage.Options{MaxBatch: 4096})
+	s, err := storage.OpenBolt(filepath.Join(dataDir, "history.db"), &storage.Options{MaxBatch: 4096})
 	if err != nil {
 		return err
 	}

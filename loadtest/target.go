@@ -26,6 +26,8 @@ import (
 
 	"github.com/imbridge/imbridge/bridge"
 	"github.com/imbridge/imbridge/server"
+	"github.com/imbridge/imbridge/storage"
+	"github.com/imbridge/imbridge/storage/postgres"
 )
 
 // The two kinds of server every scenario runs against.
@@ -57,6 +59,9 @@ const (
 	// envAddrs, "MQTT HTTP", fixes the child's addresses (the soak restarts
 	// it on the same ones).
 	envAddrs = "LOADTEST_ADDRS"
+	// envPostgres, a DSN, makes an imbridge child keep its history in
+	// PostgreSQL (as mqttd -postgres) instead of bbolt.
+	envPostgres = "LOADTEST_POSTGRES"
 )
 
 // serveFromEnv runs the child side if the environment asks for it, and
@@ -101,6 +106,13 @@ func serve(kind, dataDir string, secret []byte) error {
 	}
 	cfg := server.Config{MQTTAddr: mqttAddr, HTTPAddr: httpAddr, DataDir: dataDir, Secret: secret,
 		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, QueryRate: -1, MaxDevicesPerUser: 100}, MaxConnsPerIP: -1}
+	if dsn := os.Getenv(envPostgres); dsn != "" {
+		cfg.OpenStore = func(o *storage.Options) (storage.Store, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return postgres.Open(ctx, dsn, o)
+		}
+	}
 	var r ready
 	var bridge *server.Server
 	var info *system.Info

@@ -83,20 +83,26 @@ func (a *acked) count() int {
 	return len(a.ids)
 }
 
-// waitFor waits until n sends in all have been acknowledged, failing the
-// test after testdevice.Wait.
-func (a *acked) waitFor(t *testing.T, n int) {
-	t.Helper()
+// reached returns a channel closed once n sends in all have been
+// acknowledged.
+func (a *acked) reached(n int) <-chan struct{} {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	ch := make(chan struct{})
 	if len(a.ids) >= n {
 		close(ch)
 	} else {
 		a.waiters = append(a.waiters, ackWaiter{n, ch})
 	}
-	a.mu.Unlock()
+	return ch
+}
+
+// waitFor waits until n sends in all have been acknowledged, failing the
+// test after testdevice.Wait.
+func (a *acked) waitFor(t *testing.T, n int) {
+	t.Helper()
 	select {
-	case <-ch:
+	case <-a.reached(n):
 	case <-time.After(testdevice.Wait):
 		t.Fatalf("%d sends acknowledged in %v, want %d: the load did not run", a.count(), testdevice.Wait, n)
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/imbridge/imbridge/bridge"
 	"github.com/imbridge/imbridge/server"
 	"github.com/imbridge/imbridge/storage"
+	"github.com/imbridge/imbridge/storage/postgres"
 )
 
 func main() {
@@ -62,6 +63,7 @@ type options struct {
 	wsOrigins                                    string
 	maxPendingBytes                              int
 	writeTimeout                                 time.Duration
+	postgres                                     string
 }
 
 // envOr returns the environment variable name, or def.
@@ -109,6 +111,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain) file for -mqtts and -wss")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key file for -mqtts and -wss")
 	fs.StringVar(&o.data, "data", "./data", "data directory: history.db and the generated secret")
+	fs.StringVar(&o.postgres, "postgres", "", "keep the history in this PostgreSQL database instead of DATA/history.db, e.g. postgres://imbridge@127.0.0.1:5432/imbridge?sslmode=disable; the schema is created and migrated at start")
 	fs.StringVar(&o.secret, "secret", "", secretHelp+"; default: generated once into DATA/secret")
 	fs.StringVar(&o.secretFile, "secret-file", "", secretFileHelp)
 	fs.StringVar(&o.tokens.Audience, "token-audience", "", "if set, tokens must carry this \"aud\" (mqttd token -audience mints such tokens)")
@@ -214,6 +217,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 		ConnectTimeout: o.connectTimeout, MaxConnectSize: o.maxConnectSize, MaxConnsPerIP: o.maxConnsPerIP,
 		MaxPreLogin: o.maxPreLogin, WSOrigins: splitList(o.wsOrigins),
+		OpenStore: openStore(ctx, o.postgres),
 	})
 	if err != nil {
 		return err
@@ -222,12 +226,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log.Info("mqttd ready", "mqtt", srv.MQTTAddr(), "ws", srv.WSAddr(), "http", srv.HTTPAddr(),
-		"mqtts", srv.MQTTTLSAddr(), "wss", srv.WSSAddr(), "data", o.data)
+		"mqtts", srv.MQTTTLSAddr(), "wss", srv.WSSAddr(), "data", o.data, "postgres", o.postgres != "", "epoch", srv.Bridge().Epoch())
 	<-ctx.Done()
 	log.Info("stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// openStore returns how to open the history given -postgres: nil (bbolt in
+// the data directory) without it. Opening gives up after 30 s.
+func openStore(ctx context.Context, dsn string) func(*storage.Options) (storage.Store, error) {
+	if dsn == "" {
+		return nil
+	}
+	return func(o *storage.Options) (storage.Store, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return postgres.Open(ctx, dsn, o)
+	}
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -30,6 +30,9 @@ type Config struct {
 	// DataDir holds the history file history.db; created (0700) if missing.
 	// Required.
 	DataDir string
+	// OpenStore, when set, opens the history instead of DataDir/history.db
+	// (bridge.Config.OpenStore), e.g. PostgreSQL.
+	OpenStore func(*storage.Options) (storage.Store, error)
 	// Secret verifies tokens. Required, at least 16 bytes.
 	Secret []byte
 	// Tokens are the optional checks of tokens (bridge.Config.Tokens): a

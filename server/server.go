@@ -85,6 +85,7 @@ func (s *Server) Start() (err error) {
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
 		Observer:      s.metrics.observer(),
 		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
+		OpenStore:     s.cfg.OpenStore,
 		Secret:        s.cfg.Secret,
 		Tokens:        s.cfg.Tokens,
 		MaxPayload:    s.cfg.MaxPayload,

@@ -20,7 +20,7 @@ import (
 // benchAppend runs b.N appends from `senders` goroutines, each waiting for
 // its append as a device waits for its PUBACK.
 func benchAppend(b *testing.B, senders int) {
-	s, err := Open(filepath.Join(b.TempDir(), "h.db"), nil)
+	s, err := OpenBolt(filepath.Join(b.TempDir(), "h.db"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func BenchmarkBoltUpdate1(b *testing.B) {
 }
 
 func BenchmarkHistoryNewest50(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "h.db"), nil)
+	s, err := OpenBolt(filepath.Join(b.TempDir(), "h.db"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func BenchmarkHistoryNewest50(b *testing.B) {
 // that sender's append latencies during the passes, and how long Close
 // takes when called in the middle of a pass.
 func BenchmarkPrunePass200k(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "h.db"), nil)
+	s, err := OpenBolt(filepath.Join(b.TempDir(), "h.db"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

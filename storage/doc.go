@@ -1,9 +1,12 @@
-// Package storage is imbridge's durable message history, kept in one bbolt
-// file.
+// Package storage is imbridge's durable message history: the [Store]
+// interface, its bbolt backend [Bolt] (one file, one node), and the group
+// commit ([Writer]) that every backend shares. The PostgreSQL backend, for a
+// cluster, is package storage/postgres; package storage/storagetest runs the
+// same conformance cases against both.
 //
 // # Basics
 //
-// [Open] opens (or creates) the file; [Store.Append] writes one stored message
+// [OpenBolt] opens (or creates) the file; [Store.Append] writes one stored message
 // and returns once it is fsynced; [Store.History] pages through a conversation
 // and [Store.Sync] through everything stored for one user; [Store.Prune]
 // removes what a [Retention] no longer keeps; [Store.Close] finishes the
@@ -14,8 +17,8 @@
 // are big-endian uint64 so that cursor order is sequence order. Numbers are
 // handed out without holes; only Prune makes holes.
 //
-// Appends go through a single writer goroutine that commits everything queued
-// in one bbolt transaction and starts the next commit as soon as the previous
+// Appends go through a single writer goroutine ([Writer]) that commits everything queued
+// in one transaction and starts the next commit as soon as the previous
 // one is done (group commit): a lone writer waits for one fsync, many writers
 // share them. An append that fails its commit is retried alone and the rest
 // without it, so that it fails only itself. A retry carrying the same

@@ -15,6 +15,11 @@ var (
 var (
 	// ErrClosed is returned by calls made after Close.
 	ErrClosed = errors.New("storage: closed")
+	// ErrUnavailable is wrapped by the errors of a backend that cannot be
+	// reached (PostgreSQL down, restarting or failing over). Nothing was
+	// stored by the call that returned it, or its commit is unknown (then
+	// a retry with the same client id is stored once); retry later.
+	ErrUnavailable = errors.New("storage: backend unavailable")
 )
 
 // Errors of one append.

@@ -14,28 +14,9 @@ import (
 	"github.com/imbridge/imbridge/protocol"
 )
 
-// HistoryFilter selects a page of a conversation or an inbox. After and
-// Before are exclusive sequence numbers; with neither, the newest Limit
-// entries. Limit must be at least 1.
-type HistoryFilter struct {
-	After  uint64
-	Before uint64
-	Limit  int
-
-	forward bool // read forward from After even when it is zero (Sync)
-}
-
-// Page is a slice of history in ascending sequence order. More says that
-// further entries exist beyond it in the direction asked (older for Before
-// and newest pages, newer for After).
-type Page struct {
-	Messages []protocol.Message
-	More     bool
-}
-
 // History returns a page of the conversation between users a and b, by
 // conversation seq. A conversation never written is an empty page.
-func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
+func (s *Bolt) History(a, b string, f HistoryFilter) (Page, error) {
 	return s.page(bucketMsg, ConversationKey(a, b), f, func(_ *bolt.Tx, _, rec []byte) (protocol.Message, error) {
 		var m protocol.Message
 		v, err := recordJSON(rec)
@@ -52,7 +33,7 @@ func (s *Store) History(a, b string, f HistoryFilter) (Page, error) {
 // Sync returns a page of everything stored for user, by inbox seq, with each
 // message's InboxSeq set. It always reads forward from f.After (zero: from
 // the first message); f.Before is ignored.
-func (s *Store) Sync(user string, f HistoryFilter) (Page, error) {
+func (s *Bolt) Sync(user string, f HistoryFilter) (Page, error) {
 	f.Before, f.forward = 0, true
 	return s.page(bucketInbox, []byte(user), f, func(tx *bolt.Tx, k, ref []byte) (protocol.Message, error) {
 		if len(ref) < 8 {
@@ -66,7 +47,7 @@ func (s *Store) Sync(user string, f HistoryFilter) (Page, error) {
 
 // page reads one page of the group of keys under group 0x00 in bucket, in a
 // read transaction, turning each entry into a message with decode.
-func (s *Store) page(bucket, group []byte, f HistoryFilter, decode func(tx *bolt.Tx, k, v []byte) (protocol.Message, error)) (Page, error) {
+func (s *Bolt) page(bucket, group []byte, f HistoryFilter, decode func(tx *bolt.Tx, k, v []byte) (protocol.Message, error)) (Page, error) {
 	var p Page
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return scan(tx.Bucket(bucket).Cursor(), joinKey(group, nil), f, func(k, v []byte) error {

@@ -11,14 +11,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Retention says which messages Prune removes: those older than MaxAge, and
-// all but the newest MaxCount of each conversation. A zero field keeps
-// everything by that measure.
-type Retention struct {
-	MaxAge   time.Duration
-	MaxCount uint64
-}
-
 const (
 	// pruneBatch bounds the deletions of one write transaction, so that
 	// sends waiting for their commit are not held up for long.
@@ -39,7 +31,7 @@ const (
 // transactions of at most 1000 messages. It blocks until done, ctx ends
 // (it returns ctx's error) or the store closes (ErrClosed); either stops it
 // after at most one more step. It may run while Append is in use.
-func (s *Store) Prune(ctx context.Context, r Retention, now time.Time) (int, error) {
+func (s *Bolt) Prune(ctx context.Context, r Retention, now time.Time) (int, error) {
 	if r.MaxAge <= 0 && r.MaxCount == 0 {
 		return 0, nil
 	}
@@ -95,7 +87,7 @@ type pruneEntry struct {
 // longer keeps, oldest first within each conversation, and the key to
 // resume from (nil when the pass is over). It looks at no more than
 // pruneScan conversations.
-func (s *Store) pruneCandidates(r Retention, cutoff int64, from []byte) (due []pruneEntry, next []byte, err error) {
+func (s *Bolt) pruneCandidates(r Retention, cutoff int64, from []byte) (due []pruneEntry, next []byte, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		msgs := tx.Bucket(bucketMsg).Cursor()
 		seqs := tx.Bucket(bucketSeq).Cursor()
@@ -150,7 +142,7 @@ func (s *Store) pruneCandidates(r Retention, cutoff int64, from []byte) (due []p
 // pruneDelete removes the messages of due in one write transaction and
 // returns how many it removed (those another prune removed first are
 // skipped).
-func (s *Store) pruneDelete(due []pruneEntry) (n int, err error) {
+func (s *Bolt) pruneDelete(due []pruneEntry) (n int, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		msgs, inbox, dedupe := tx.Bucket(bucketMsg), tx.Bucket(bucketInbox), tx.Bucket(bucketDedupe)
 		seqs := tx.Bucket(bucketSeq)

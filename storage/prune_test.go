@@ -17,14 +17,14 @@ import (
 // fillConversations stores one message, dated at, in each of n new
 // conversations (prefix+"a"+i with prefix+"b"+i), through the store's own
 // apply, 10,000 to a transaction: a large history in seconds.
-func fillConversations(tb testing.TB, s *Store, prefix string, n int, at time.Time) {
+func fillConversations(tb testing.TB, s *Bolt, prefix string, n int, at time.Time) {
 	tb.Helper()
 	for lo := 0; lo < n; lo += 10_000 {
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for i := lo; i < min(lo+10_000, n); i++ {
 				m := msg(fmt.Sprintf("%sa%d", prefix, i), fmt.Sprintf("%sb%d", prefix, i), "", i)
 				m.Time = at.UnixMilli()
-				r := &appendReq{msg: m, enc: protocol.AppendMessage(nil, &m)}
+				r := &Request{Msg: m, Enc: protocol.AppendMessage(nil, &m)}
 				if err := s.apply(tx, r); err != nil {
 					return err
 				}
@@ -38,7 +38,7 @@ func fillConversations(tb testing.TB, s *Store, prefix string, n int, at time.Ti
 }
 
 // countKeys returns the number of keys in each of the named buckets.
-func countKeys(t *testing.T, s *Store, buckets ...[]byte) (n []int) {
+func countKeys(t *testing.T, s *Bolt, buckets ...[]byte) (n []int) {
 	t.Helper()
 	s.db.View(func(tx *bolt.Tx) error {
 		for _, b := range buckets {
@@ -67,10 +67,10 @@ func TestPruneAcrossSteps(t *testing.T) {
 		}
 		big = append(big, m)
 	}
-	h := &appendReq{}
+	h := &Request{}
 	s.db.Update(func(tx *bolt.Tx) error {
 		for _, m := range big {
-			*h = appendReq{msg: m, enc: protocol.AppendMessage(nil, &m)}
+			*h = Request{Msg: m, Enc: protocol.AppendMessage(nil, &m)}
 			if err := s.apply(tx, h); err != nil {
 				return err
 			}
@@ -89,8 +89,8 @@ func TestPruneAcrossSteps(t *testing.T) {
 	if got := countKeys(t, s, bucketMsg, bucketInbox, bucketDedupe); fmt.Sprint(got) != "[501 1002 1]" {
 		t.Fatalf("messages, inbox entries, retry records = %v, want [501 1002 1]", got)
 	}
-	if b := storedBytes(t, s, "big"); b != uint64(len(h.res.Encoded)) {
-		t.Fatalf("big stores %d bytes, want %d (its one kept message)", b, len(h.res.Encoded))
+	if b := storedBytes(t, s, "big"); b != uint64(len(h.Res.Encoded)) {
+		t.Fatalf("big stores %d bytes, want %d (its one kept message)", b, len(h.Res.Encoded))
 	}
 	if b := storedBytes(t, s, "olda7"); b != 0 {
 		t.Fatalf("olda7 stores %d bytes after all its messages were pruned", b)

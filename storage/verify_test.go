@@ -45,7 +45,7 @@ func corruptFreelist(t *testing.T, path string) {
 func TestVerifyStopsItsChecker(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	path := filepath.Join(t.TempDir(), "h.db")
-	s, err := Open(path, nil)
+	s, err := OpenBolt(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,11 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -42,110 +40,24 @@ var (
 	keyEpoch     = []byte("epoch")
 )
 
-// Options configures a Store. A nil *Options, or a zero field, means the
-// default written beside each field.
-type Options struct {
-	// LockTimeout is how long Open waits for another process to release the
-	// file. Default 2s.
-	LockTimeout time.Duration
-	// MaxBatch caps how many appends share one commit. Default 1024.
-	MaxBatch int
-	// MaxUserBytes bounds what one user stores: the bytes of the messages
-	// they sent that the history still holds (each message counts the length
-	// of its stored JSON, the Encoded of its Appended). An Append that would
-	// take its sender over the bound fails with ErrQuotaExceeded and stores
-	// nothing; the other appends of its commit are not affected. Pruning
-	// frees room. A duplicate is answered even over the bound. Zero means
-	// no limit; the bytes are counted either way, so a bound set later
-	// applies to what is already stored.
-	MaxUserBytes uint64
-	// OnCommit, when set, is called by the writer goroutine after each commit
-	// with the new (non-duplicate) appends in commit order, which is seq order
-	// within every conversation and inbox. It runs after the Append calls of
-	// the commit have returned (their senders are released first). It must
-	// not block for long: the next commit waits for it. The slice is not
-	// reused.
-	OnCommit func([]Appended)
-	// Observe, when set, is called by the writer after each successful commit
-	// with its duration (fsync included) and number of appends. It must be
-	// quick.
-	Observe func(d time.Duration, appends int)
-	// Logger receives errors of the writer. Default: discard.
-	Logger *slog.Logger
-}
-
-func (o *Options) withDefaults() Options {
-	var v Options
-	if o != nil {
-		v = *o
-	}
-	if v.LockTimeout == 0 {
-		v.LockTimeout = 2 * time.Second
-	}
-	if v.MaxBatch == 0 {
-		v.MaxBatch = 1024
-	}
-	if v.Logger == nil {
-		v.Logger = slog.New(slog.DiscardHandler)
-	}
-	return v
-}
-
-// Appended is the result of one Append.
-type Appended struct {
-	// Message is the stored message with Seq set (InboxSeq is zero: it
-	// differs per user). For a duplicate it is the message first stored.
-	Message protocol.Message
-	// Encoded is Message as stored: JSON with "seq" and without "inboxSeq",
-	// ready for protocol.WithUint to add each user's inboxSeq.
-	Encoded []byte
-	// FromInboxSeq and ToInboxSeq are the message's positions in the sender's
-	// and the receiver's inbox; equal when a user writes to themself.
-	FromInboxSeq uint64
-	ToInboxSeq   uint64
-	// Duplicate is true when the (From, ClientMsgID) pair had been stored
-	// before; nothing was written.
-	Duplicate bool
-}
-
-// Store is an open history file. Its methods are safe for concurrent use.
-type Store struct {
+// Bolt is a history in one bbolt file. Its methods are safe for concurrent
+// use.
+type Bolt struct {
 	db    *bolt.DB
 	opts  Options
 	epoch string
+	w     *Writer
 
-	mu     sync.RWMutex // guards closed; held for reading while queueing to reqs
+	mu     sync.RWMutex // guards closed
 	closed bool
-
-	reqs chan *appendReq
-	done chan struct{} // closed when the writer has drained reqs and exited
 
 	stopPrunes context.CancelFunc // cancels life: called by Close to stop running prunes
 	life       context.Context    // ends at Close
 	prunes     sync.WaitGroup     // running Prune calls; Add only under mu held for reading, while !closed
 	pruneStep  func()             // test hook: called before each step of a prune; nil in production
-
-	commits  uint64 // number of write transactions; owned by the writer
-	appended uint64 // appends committed; owned by the writer
-	statsMu  sync.Mutex
-	lastStat Stats // guarded by statsMu
 }
 
-// Stats counts the work of the writer since Open.
-type Stats struct {
-	Commits  uint64 // write transactions of appends committed
-	Appended uint64 // appends in them, duplicates included, refused ones not
-}
-
-type appendReq struct {
-	msg  protocol.Message
-	enc  []byte // msg encoded without seq and inboxSeq, by the caller's goroutine
-	res  Appended
-	err  error // a refusal of this append alone (ErrQuotaExceeded), or its commit's error
-	done chan struct{}
-}
-
-// Open opens the history at path, creating it (mode 0600) if needed. It
+// OpenBolt opens the history at path, creating it (mode 0600) if needed. It
 // returns ErrLocked if another process holds the file past
 // Options.LockTimeout, and ErrForeign if the file is not an imbridge history.
 //
@@ -155,8 +67,8 @@ type appendReq struct {
 // history (0.6 s for 200,000 messages from 200,000 senders on a shared 2-core
 // machine). An imbridge older than this one then refuses the file as
 // ErrForeign.
-func Open(path string, opts *Options) (*Store, error) {
-	o := opts.withDefaults()
+func OpenBolt(path string, opts *Options) (*Bolt, error) {
+	o := opts.WithDefaults()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      o.LockTimeout,
 		FreelistType: bolt.FreelistMapType,
@@ -167,18 +79,18 @@ func Open(path string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
-	s := &Store{db: db, opts: o, reqs: make(chan *appendReq, o.MaxBatch), done: make(chan struct{})}
+	s := &Bolt{db: db, opts: o}
 	s.life, s.stopPrunes = context.WithCancel(context.Background())
 	if err := db.Update(s.initialize); err != nil {
 		db.Close()
 		return nil, err
 	}
-	go s.writer()
+	s.w = NewWriter(o, s.commitTx)
 	return s, nil
 }
 
 // initialize creates the buckets of a new file, or checks an existing one.
-func (s *Store) initialize(tx *bolt.Tx) error {
+func (s *Bolt) initialize(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
 		if k, _ := tx.Cursor().First(); k != nil {
@@ -243,14 +155,10 @@ func migrateV3(tx *bolt.Tx) error {
 
 // Epoch returns the random identity of this history file, fixed at creation.
 // A different epoch means a different (reset) history.
-func (s *Store) Epoch() string { return s.epoch }
+func (s *Bolt) Epoch() string { return s.epoch }
 
-// Stats returns the writer's counters as of its last commit.
-func (s *Store) Stats() Stats {
-	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
-	return s.lastStat
-}
+// Stats returns the writer's counters.
+func (s *Bolt) Stats() Stats { return s.w.Stats() }
 
 // Append stores m durably and returns its sequence numbers. m.From, m.To,
 // m.ID and m.Time must be set, and m.Data must be valid JSON (it is stored as
@@ -265,120 +173,12 @@ func (s *Store) Stats() Stats {
 // commit fail is retried alone, and the others of the commit without it: an
 // error is this append's own, or that of a commit that failed even with m
 // alone in it.
-func (s *Store) Append(ctx context.Context, m protocol.Message) (Appended, error) {
-	m.Seq, m.InboxSeq = 0, 0
-	enc := protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), &m) // here, not in the single writer goroutine
-	req := &appendReq{msg: m, enc: enc, done: make(chan struct{})}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return Appended{}, ErrClosed
-	}
-	select {
-	case s.reqs <- req:
-	case <-ctx.Done():
-		s.mu.RUnlock()
-		return Appended{}, ctx.Err()
-	}
-	s.mu.RUnlock()
-	select {
-	case <-req.done:
-		return req.res, req.err
-	case <-ctx.Done():
-		return Appended{}, ctx.Err()
-	}
+func (s *Bolt) Append(ctx context.Context, m protocol.Message) (Appended, error) {
+	return s.w.Append(ctx, m)
 }
 
-// writer commits queued appends until reqs is closed and drained.
-func (s *Store) writer() {
-	defer close(s.done)
-	batch := make([]*appendReq, 0, s.opts.MaxBatch)
-	for first := range s.reqs {
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < s.opts.MaxBatch {
-			select {
-			case r, ok := <-s.reqs:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		s.commit(batch)
-	}
-}
-
-// commit writes batch in one transaction if it can. When one append makes
-// the transaction fail, as bbolt's Batch does it takes that append out,
-// commits it alone (so that it gets its own error), and retries the rest
-// together; when the commit itself fails, it retries each append alone, so
-// that a bad request fails only itself. It then releases every sender and
-// only then calls OnCommit.
-func (s *Store) commit(batch []*appendReq) {
-	committed := batch // in commit order; batch itself unless a retry split it
-	if bad, err := s.commitTx(batch); err != nil {
-		committed = make([]*appendReq, 0, len(batch))
-		rest := append([]*appendReq(nil), batch...)
-		for len(rest) > 0 && err != nil {
-			if len(rest) == 1 {
-				rest[0].err = err
-				rest = nil
-				break
-			}
-			if bad < 0 { // not the fault of one append: each on its own
-				for _, r := range rest {
-					if _, err := s.commitTx([]*appendReq{r}); err != nil {
-						r.err = err
-					} else {
-						committed = append(committed, r)
-					}
-				}
-				rest = nil
-				break
-			}
-			r := rest[bad]
-			rest = append(rest[:bad], rest[bad+1:]...)
-			if _, err := s.commitTx([]*appendReq{r}); err != nil {
-				r.err = err
-			} else {
-				committed = append(committed, r)
-			}
-			bad, err = s.commitTx(rest)
-		}
-		committed = append(committed, rest...)
-	}
-	for _, r := range batch {
-		if r.err != nil {
-			r.res = Appended{}
-		}
-		close(r.done)
-	}
-	if s.opts.OnCommit == nil {
-		return
-	}
-	var fresh []Appended
-	for _, r := range committed {
-		if r.err == nil && !r.res.Duplicate {
-			if fresh == nil {
-				fresh = make([]Appended, 0, len(committed))
-			}
-			fresh = append(fresh, r.res)
-		}
-	}
-	if len(fresh) > 0 {
-		s.opts.OnCommit(fresh)
-	}
-}
-
-// commitTx writes reqs in one transaction. On error, nothing was written,
-// and bad is the index of the append that failed, or -1 when the commit
-// itself failed. An append refused alone (over its quota) has its err set
-// and does not fail the transaction.
-func (s *Store) commitTx(reqs []*appendReq) (bad int, err error) {
-	start := time.Now()
+// commitTx writes reqs in one transaction (a CommitFunc for the Writer).
+func (s *Bolt) commitTx(reqs []*Request) (bad int, err error) {
 	bad = -1
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		for i, r := range reqs {
@@ -390,32 +190,17 @@ func (s *Store) commitTx(reqs []*appendReq) (bad int, err error) {
 		return nil
 	})
 	if err != nil {
-		s.opts.Logger.Error("history commit failed", "error", err, "appends", len(reqs))
 		return bad, fmt.Errorf("storage: commit: %w", err)
 	}
-	n := 0
-	for _, r := range reqs {
-		if r.err == nil {
-			n++
-		}
-	}
-	if s.opts.Observe != nil {
-		s.opts.Observe(time.Since(start), n)
-	}
-	s.commits++
-	s.appended += uint64(n)
-	s.statsMu.Lock()
-	s.lastStat = Stats{Commits: s.commits, Appended: s.appended}
-	s.statsMu.Unlock()
 	return -1, nil
 }
 
-// apply writes one append inside tx and fills r.res, or sets r.err to
+// apply writes one append inside tx and fills r.Res, or sets r.Err to
 // ErrQuotaExceeded and writes nothing. It returns the errors that fail the
 // transaction.
-func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
-	r.res, r.err = Appended{}, nil // a retry after a rollback starts afresh
-	m := r.msg
+func (s *Bolt) apply(tx *bolt.Tx, r *Request) error {
+	r.Res, r.Err = Appended{}, nil // a retry after a rollback starts afresh
+	m := r.Msg
 	var dkey []byte
 	if m.ClientMsgID != "" {
 		dkey = joinKey([]byte(m.From), []byte(m.ClientMsgID))
@@ -424,7 +209,7 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 			if err != nil {
 				return err
 			}
-			r.res = res
+			r.Res = res
 			return nil
 		}
 	}
@@ -432,11 +217,11 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 	seqs := tx.Bucket(bucketSeq)
 	ckeySeq := append([]byte{'c'}, ckey...)
 	m.Seq = counter(seqs, ckeySeq) + 1
-	value := protocol.WithUint(r.enc, "seq", m.Seq)
+	value := protocol.WithUint(r.Enc, "seq", m.Seq)
 	bkey := bytesKey(m.From)
 	used := counter(seqs, bkey) + uint64(len(value))
 	if s.opts.MaxUserBytes > 0 && used > s.opts.MaxUserBytes {
-		r.err = ErrQuotaExceeded
+		r.Err = ErrQuotaExceeded
 		return nil
 	}
 	if err := seqs.Put(ckeySeq, u64(m.Seq)); err != nil {
@@ -469,7 +254,7 @@ func (s *Store) apply(tx *bolt.Tx, r *appendReq) error {
 			return err
 		}
 	}
-	r.res = Appended{Message: m, Encoded: value, FromInboxSeq: fromSeq, ToInboxSeq: toSeq}
+	r.Res = Appended{Message: m, Encoded: value, FromInboxSeq: fromSeq, ToInboxSeq: toSeq}
 	return nil
 }
 
@@ -562,31 +347,18 @@ func loadMessage(tx *bolt.Tx, ckey []byte, seq uint64) ([]byte, protocol.Message
 // Close stops accepting appends, commits those already queued, stops a
 // running Prune (which returns ErrClosed after at most one more step), and
 // closes the file. It blocks until then. Calls after the first return nil.
-func (s *Store) Close() error {
+func (s *Bolt) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
-	close(s.reqs)
 	s.stopPrunes()
 	s.mu.Unlock()
-	<-s.done
+	s.w.Close()
 	s.prunes.Wait()
 	return s.db.Close()
-}
-
-// ConversationKey returns the bucket key of the conversation between a and b:
-// the two IDs in byte order, joined by '|', which no user ID contains.
-func ConversationKey(a, b string) []byte {
-	if b < a {
-		a, b = b, a
-	}
-	k := make([]byte, 0, len(a)+1+len(b))
-	k = append(k, a...)
-	k = append(k, '|')
-	return append(k, b...)
 }
 
 // joinKey returns prefix 0x00 rest: the key of an entry in a group.
