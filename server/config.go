@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
@@ -30,6 +31,12 @@ type Config struct {
 	// DataDir holds the history file history.db; created (0700) if missing.
 	// Required.
 	DataDir string
+	// NATS are the NATS servers through which this node joins a cluster
+	// (package cluster). Empty: a single node.
+	NATS []string
+	// Node is this node's name in logs, /healthz and /metrics, and in the
+	// cluster, where it must be unique. Default: the host name.
+	Node string
 	// Secret verifies tokens. Required, at least 16 bytes.
 	Secret []byte
 	// Tokens are the optional checks of tokens (bridge.Config.Tokens): a
@@ -147,6 +154,9 @@ const (
 )
 
 func (c Config) withDefaults() Config {
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = bridge.DefaultMaxPayload
 	}
