@@ -3,7 +3,10 @@ package cluster_test
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,5 +260,16 @@ func TestNATSRestart(t *testing.T) {
 	}
 	if h := n[0].Health(); h.Status != "ok" || !slices.Equal(h.Cluster.Peers, []string{"b"}) {
 		t.Fatalf("health after the restart: %s %+v", h.Status, h.Cluster)
+	}
+	resp, err := http.Get("http://" + n[0].HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`imbridge_node_info{node="a"} 1`, "imbridge_cluster_connected 1", "imbridge_cluster_peers 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
