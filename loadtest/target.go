@@ -57,6 +57,9 @@ const (
 	// envAddrs, "MQTT HTTP", fixes the child's addresses (the soak restarts
 	// it on the same ones).
 	envAddrs = "LOADTEST_ADDRS"
+	// envNATS and envNode join the child to a cluster (the cluster scenario).
+	envNATS = "LOADTEST_NATS"
+	envNode = "LOADTEST_NODE"
 )
 
 // serveFromEnv runs the child side if the environment asks for it, and
@@ -101,6 +104,9 @@ func serve(kind, dataDir string, secret []byte) error {
 	}
 	cfg := server.Config{MQTTAddr: mqttAddr, HTTPAddr: httpAddr, DataDir: dataDir, Secret: secret,
 		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, QueryRate: -1, MaxDevicesPerUser: 100}, MaxConnsPerIP: -1}
+	if url := os.Getenv(envNATS); url != "" {
+		cfg.NATS, cfg.Node = []string{url}, os.Getenv(envNode)
+	}
 	var r ready
 	var bridge *server.Server
 	var info *system.Info
