@@ -80,9 +80,20 @@ type Router struct {
 	beating  bool                 // the heartbeat runs
 	closed   bool
 
+	// Per-user subscriptions deliver into these channels, one per kind of
+	// subject, each drained in order by one goroutine: a node holds no
+	// goroutine per user. A channel that is full drops what comes (NATS's
+	// slow consumer, logged): a stored message then reaches its devices by
+	// their sync, a takeover by the device's own reconnect.
+	stored, session, online chan *nats.Msg
+	workers                 sync.WaitGroup
+
 	stop chan struct{} // closed by Close: stops the heartbeat
 	done chan struct{} // closed when the heartbeat has stopped
 }
+
+// inbound is the length of each of a Router's channels of inbound messages.
+const inbound = 1 << 16
 
 type watchKey struct {
 	user string
@@ -107,7 +118,8 @@ func Connect(opts Options) (*Router, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{name: opts.Node, log: log, watching: map[watchKey][]*nats.Subscription{},
-		peers: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
+		peers: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{}),
+		stored: make(chan *nats.Msg, inbound), session: make(chan *nats.Msg, inbound), online: make(chan *nats.Msg, inbound)}
 	nc, err := nats.Connect(strings.Join(opts.URLs, ","),
 		nats.Name("imbridge "+opts.Node),
 		nats.NoEcho(),
@@ -157,6 +169,15 @@ func (r *Router) Start(node bridge.Node) error {
 	r.mu.Unlock()
 	if err := r.nc.Flush(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
+	}
+	for ch, handle := range map[chan *nats.Msg]func(*nats.Msg){r.stored: r.onStored, r.session: r.onSession, r.online: r.onOnline} {
+		r.workers.Add(1)
+		go func() {
+			defer r.workers.Done()
+			for m := range ch {
+				handle(m)
+			}
+		}()
 	}
 	r.mu.Lock()
 	r.beating = true
@@ -248,10 +269,10 @@ func (r *Router) Watch(user string, what bridge.Interest, on bool) {
 	tok := token(user)
 	switch what {
 	case bridge.Sessions:
-		add(r.nc.Subscribe(subjStored+tok, r.onStored))
-		add(r.nc.Subscribe(subjSession+tok, r.onSession))
+		add(r.nc.ChanSubscribe(subjStored+tok, r.stored))
+		add(r.nc.ChanSubscribe(subjSession+tok, r.session))
 	case bridge.Connected:
-		add(r.nc.QueueSubscribe(subjOnline+tok, onlineQueue, r.onOnline))
+		add(r.nc.ChanQueueSubscribe(subjOnline+tok, onlineQueue, r.online))
 	}
 	if err != nil {
 		// Only a closed connection refuses a subscription: the node is
@@ -356,6 +377,12 @@ func (r *Router) Close() error {
 		<-r.done
 	}
 	_ = r.nc.FlushTimeout(time.Second)
-	r.nc.Close()
+	r.nc.Close() // no subscription delivers after this
+	if beating {
+		close(r.stored)
+		close(r.session)
+		close(r.online)
+		r.workers.Wait()
+	}
 	return nil
 }
