@@ -20,6 +20,9 @@ import (
 	"github.com/imbridge/imbridge/server"
 )
 
+// v3 and v5 connect a test device of each MQTT version to a node.
+var v3, v5 = testserver.V3, testserver.V5
+
 type (
 	dev  = testdevice.Device
 	opts = testdevice.Options
@@ -48,18 +51,6 @@ func nodes(t *testing.T, ns *testnats.Server, n int, edit ...func(*server.Config
 		})
 	}
 	return out
-}
-
-func v3(t *testing.T, n *testserver.Node, user string, o opts) *dev {
-	t.Helper()
-	o.Token = n.Token
-	return testdevice.ConnectV3(t, n.MQTTURL(), user, o)
-}
-
-func v5(t *testing.T, n *testserver.Node, user string, o opts) *dev {
-	t.Helper()
-	o.Token = n.Token
-	return testdevice.ConnectV5(t, n.MQTTAddr(), user, o)
 }
 
 // waitInterest waits until some node serves subject, asking NATS directly:
@@ -174,7 +165,7 @@ func TestStoredAcrossNodes(t *testing.T) {
 func TestTakeoverAcrossNodes(t *testing.T) {
 	ns := testnats.Start(t)
 	n := nodes(t, ns, 2)
-	for name, connect := range map[string]func(*testing.T, *testserver.Node, string, opts) *dev{"3.1.1": v3, "5": v5} {
+	for name, connect := range map[string]func(testing.TB, *testserver.Node, string, opts) *dev{"3.1.1": v3, "5": v5} {
 		t.Run(name, func(t *testing.T) {
 			id := "phone-" + name
 			old := connect(t, n[0], "carol", opts{ClientID: id})
