@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ type Bridge struct {
 	inline   *mqtt.Client
 	store    storage.Store
 	verifier *auth.Verifier
+	router   Router // the other nodes; Alone on a single node
 
 	devices  sync.Map // client ID -> *device, for every session the bridge knows
 	sessions sessions // per user, the entries of devices
@@ -111,7 +113,7 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		verifier:    verifier,
 		pending:     make(map[string]*onlineRoute),
 		onlineSeen:  newRetryCache(cfg.OnlineRetryWindow, 100_000),
-		sessions:    sessions{n: map[string]int{}},
+		sessions:    sessions{n: map[string]int{}, up: map[string]int{}},
 		connectIP:   newBuckets(cfg.ConnectRatePerIP, cfg.ConnectBurstPerIP),
 		connectUser: newBuckets(cfg.ConnectRatePerUser, cfg.ConnectBurstUser),
 		sends:       newBuckets(cfg.SendRate, cfg.SendBurst),
@@ -121,7 +123,9 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		fanout:      fanoutQueue{wake: make(chan struct{}, 1)},
 		fanoutDone:  make(chan struct{}),
 		waiting:     make(map[string]*heldBack),
+		router:      cfg.Router,
 	}
+	b.sessions.watch = b.router.Watch
 	b.store, err = cfg.OpenStore(&storage.Options{
 		LockTimeout:  cfg.LockTimeout,
 		MaxUserBytes: uint64(cfg.MaxUserBytes),
@@ -133,6 +137,10 @@ func Open(srv *mqtt.Server, cfg Config) (*Bridge, error) {
 		return nil, err
 	}
 	if err := srv.AddHook(b, nil); err != nil {
+		b.store.Close()
+		return nil, err
+	}
+	if err := b.router.Start(peer{b}); err != nil {
 		b.store.Close()
 		return nil, err
 	}
@@ -185,7 +193,8 @@ func (b *Bridge) Close() error {
 			close(b.stopPrune)
 			<-b.pruneDone
 		}
-		b.closeErr = b.store.Close()
+		rerr := b.router.Close() // nothing more from other nodes
+		b.closeErr = errors.Join(b.store.Close(), rerr)
 		b.fanout.close()
 		<-b.fanoutDone
 	})
@@ -355,10 +364,12 @@ func (b *Bridge) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool 
 	return userOf(cl) != ""
 }
 
-// OnSessionEstablished logs the connection.
+// OnSessionEstablished logs the connection and counts the device as
+// connected.
 func (b *Bridge) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if d := b.deviceOf(cl); d != nil && d.client == cl {
 		d.established.Store(true)
+		b.connectedDevice(cl, d)
 		b.fanout.poke() // deliveries held back for the CONNACK may go now
 	}
 	b.log.Info("device connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener,
@@ -372,6 +383,9 @@ func (b *Bridge) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	b.log.Info("device disconnected", "client", cl.ID, "remote", cl.Net.Remote, "error", err, "session_ends", expire)
+	if d := b.deviceOf(cl); d != nil && d.client == cl {
+		b.disconnectedDevice(userOf(cl), d)
+	}
 	if expire && !cl.IsTakenOver() {
 		b.forget(cl)
 	}

@@ -48,6 +48,9 @@ type Config struct {
 	// PruneInterval is how often pruning runs when Retention is set.
 	// Default 1 minute.
 	PruneInterval time.Duration
+	// Router joins this node to the other nodes of a cluster (package
+	// cluster). Default: Alone, a single node.
+	Router Router
 	// Observer receives timings, for metrics. Zero: none.
 	Observer Observer
 	// Logger receives connection events at info and per-message detail at
@@ -125,6 +128,9 @@ const (
 )
 
 func (c Config) withDefaults() Config {
+	if c.Router == nil {
+		c.Router = Alone{}
+	}
 	if c.OpenStore == nil && c.DBPath != "" {
 		path := c.DBPath
 		c.OpenStore = func(o *storage.Options) (storage.Store, error) { return storage.OpenBolt(path, o) }

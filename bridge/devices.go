@@ -29,6 +29,9 @@ type device struct {
 	// what it held (OnSessionEstablished); until then stored-message
 	// deliveries are held back (see heldBack).
 	established atomic.Bool
+	// counted is set while the device counts among its user's connected
+	// devices (sessions.up): from OnSessionEstablished to its disconnection.
+	counted atomic.Bool
 	// subscribing is true while mochi handles a SUBSCRIBE of this device:
 	// OnACLCheck then checks filters, not deliveries.
 	subscribing atomic.Bool
@@ -40,12 +43,14 @@ type device struct {
 
 // register records the device of an accepted CONNECT. A CONNECT that resumes
 // or takes over a session keeps that session's place and counts; a new
-// session takes a place among the user's MaxDevicesPerUser, or register
-// returns false. clean is the CONNECT's clean start: mochi then discards
-// what the old session held.
+// session takes a place among the user's MaxDevicesPerUser, counted on all
+// nodes, or register returns false. clean is the CONNECT's clean start:
+// mochi then discards what the old session held. The other nodes are told,
+// and end their session with this client ID.
 func (b *Bridge) register(cl *mqtt.Client, user string, clean bool) bool {
 	d := &device{client: cl}
 	d.lastActive.Store(time.Now().UnixNano())
+	others := -1 // sessions on other nodes, once asked
 	for {
 		prev, resumes := b.devices.Load(cl.ID)
 		if resumes {
@@ -53,14 +58,20 @@ func (b *Bridge) register(cl *mqtt.Client, user string, clean bool) bool {
 				d.takeHeld(prev.(*device))
 			}
 			if b.devices.CompareAndSwap(cl.ID, prev, d) {
+				b.disconnectedDevice(user, prev.(*device))
+				b.router.Takeover(user, cl.ID)
 				return true
 			}
 			continue
 		}
-		if !b.sessions.tryAdd(user, b.cfg.MaxDevicesPerUser) {
+		if others < 0 {
+			others = b.otherSessions(user, cl.ID)
+		}
+		if !b.sessions.tryAdd(user, b.cfg.MaxDevicesPerUser-others) {
 			return false
 		}
 		if _, raced := b.devices.LoadOrStore(cl.ID, d); !raced {
+			b.router.Takeover(user, cl.ID)
 			return true
 		}
 		b.sessions.remove(user) // a simultaneous CONNECT with this client ID won: resume it
@@ -163,6 +174,7 @@ func (b *Bridge) touch(clientID string) {
 func (b *Bridge) forget(cl *mqtt.Client) {
 	if d, ok := b.devices.Load(cl.ID); ok && d.(*device).client == cl {
 		if b.devices.CompareAndDelete(cl.ID, d) {
+			b.disconnectedDevice(userOf(cl), d.(*device))
 			b.sessions.remove(userOf(cl))
 		}
 	}
@@ -239,17 +251,18 @@ func (b *Bridge) markRoute(payload []byte, f func(*onlineRoute)) {
 	b.pendingMu.Unlock()
 }
 
-// routeOnline publishes an online-only message and reports where it went.
-// mochi calls OnSelectSubscribers and OnPublishDropped synchronously within
-// the publish, so the route is complete when publish returns.
-func (b *Bridge) routeOnline(m *protocol.Message, payload []byte) (onlineRoute, error) {
+// routeOnline publishes the encoded online-only message id to user's devices
+// on this node and reports where it went. mochi calls OnSelectSubscribers
+// and OnPublishDropped synchronously within the publish, so the route is
+// complete when publish returns.
+func (b *Bridge) routeOnline(user, id string, payload []byte) (onlineRoute, error) {
 	r := &onlineRoute{}
 	b.pendingMu.Lock()
-	b.pending[m.ID] = r
+	b.pending[id] = r
 	b.pendingMu.Unlock()
-	err := b.publish(protocol.OnlineTopic(m.To), payload, 0, packets.Properties{})
+	err := b.publish(protocol.OnlineTopic(user), payload, 0, packets.Properties{})
 	b.pendingMu.Lock()
-	delete(b.pending, m.ID)
+	delete(b.pending, id)
 	out := *r
 	b.pendingMu.Unlock()
 	return out, err
@@ -315,4 +328,11 @@ func (c *retryCache) put(key string, r protocol.Receipt) {
 	defer c.mu.Unlock()
 	c.rotate(time.Now())
 	c.cur[key] = r
+}
+
+// HasSession reports whether this node holds a session, connected or
+// persistent, with the full client ID clientID ("user/id").
+func (b *Bridge) HasSession(clientID string) bool {
+	_, ok := b.devices.Load(clientID)
+	return ok
 }

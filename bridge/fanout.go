@@ -18,36 +18,50 @@ import (
 // devices see the hole in inboxSeq and fill it by sync.
 const maxFanoutQueue = 65536
 
-// fanoutQueue hands committed batches from the history writer to runFanout
-// without ever blocking the writer.
+// fanoutQueue hands committed batches from the history writer, and stored
+// messages from other nodes, to runFanout without ever blocking either.
 type fanoutQueue struct {
 	mu      sync.Mutex // guards the fields below
-	batches [][]storage.Appended
+	batches []fanoutBatch
 	n       int // messages in batches, at most maxFanoutQueue
 	closed  bool
 	wake    chan struct{} // 1-buffered: something was queued, or the queue closed
 }
 
+// fanoutBatch is a commit of this node's history writer (appended), or one
+// stored message that another node committed, for one user (remote).
+type fanoutBatch struct {
+	appended []storage.Appended
+	remote   remoteStored
+}
+
+type remoteStored struct {
+	user    string
+	payload []byte // encoded with user's inboxSeq
+}
+
 // queueFanout is the history's OnCommit: it queues a batch for delivery, or
 // drops it when the queue is full.
 func (b *Bridge) queueFanout(batch []storage.Appended) {
-	q := &b.fanout
+	b.fanout.put(b, fanoutBatch{appended: batch}, len(batch))
+}
+
+// put queues a batch of n messages, or drops and counts it when the queue is
+// full.
+func (q *fanoutQueue) put(b *Bridge, batch fanoutBatch, n int) {
 	q.mu.Lock()
-	full := q.n+len(batch) > maxFanoutQueue
+	full := q.n+n > maxFanoutQueue
 	if !full && !q.closed {
 		q.batches = append(q.batches, batch)
-		q.n += len(batch)
+		q.n += n
 	}
 	q.mu.Unlock()
 	if full {
-		b.stats.fanoutDrops.Add(int64(len(batch)))
-		b.logs.info("live delivery skipped: fan-out queue full; devices will sync", "messages", len(batch))
+		b.stats.fanoutDrops.Add(int64(n))
+		b.logs.info("live delivery skipped: fan-out queue full; devices will sync", "messages", n)
 		return
 	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	q.poke()
 }
 
 func (q *fanoutQueue) close() {
@@ -66,7 +80,7 @@ func (q *fanoutQueue) poke() {
 }
 
 // take returns everything queued, and whether the queue is closed.
-func (q *fanoutQueue) take() ([][]storage.Appended, bool) {
+func (q *fanoutQueue) take() ([]fanoutBatch, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := q.batches
@@ -75,8 +89,10 @@ func (q *fanoutQueue) take() ([][]storage.Appended, bool) {
 }
 
 // runFanout delivers committed messages to both users' inboxes, in commit
-// order, until Close. Between batches it delivers what was held back for
-// sessions being (re)connected.
+// order, here and (through the Router) on the other nodes that hold
+// sessions of those users, and delivers here what other nodes committed,
+// until Close. Between batches it delivers what was held back for sessions
+// being (re)connected.
 func (b *Bridge) runFanout() {
 	defer close(b.fanoutDone)
 	for range b.fanout.wake {
@@ -84,11 +100,18 @@ func (b *Bridge) runFanout() {
 			b.redeliver()
 			batches, closed := b.fanout.take()
 			for _, batch := range batches {
-				for _, a := range batch {
+				if r := batch.remote; r.user != "" {
+					b.deliverStored(r.user, "", r.payload)
+				}
+				for _, a := range batch.appended {
 					m := &a.Message
-					b.deliverStored(m.To, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq))
+					to := protocol.WithUint(a.Encoded, "inboxSeq", a.ToInboxSeq)
+					b.deliverStored(m.To, m.ID, to)
+					b.router.Stored(m.To, to)
 					if m.From != m.To {
-						b.deliverStored(m.From, m.ID, protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq))
+						from := protocol.WithUint(a.Encoded, "inboxSeq", a.FromInboxSeq)
+						b.deliverStored(m.From, m.ID, from)
+						b.router.Stored(m.From, from)
 					}
 				}
 			}

@@ -151,10 +151,13 @@ func logName(name []byte) string {
 }
 
 // sessions counts each user's sessions (connected or persistent) known to
-// the registry.
+// the registry, and their connected devices, and tells the Router when a
+// user's count of either leaves or reaches zero.
 type sessions struct {
-	mu sync.Mutex     // guards n
-	n  map[string]int // one entry per user with a session
+	mu    sync.Mutex     // guards n and up, and orders the calls of watch
+	n     map[string]int // one entry per user with a session
+	up    map[string]int // one entry per user with a connected device
+	watch func(user string, what Interest, on bool)
 }
 
 // tryAdd counts one more session of user unless that would exceed max. The
@@ -166,16 +169,41 @@ func (s *sessions) tryAdd(user string, max int) bool {
 	if s.n[user] >= max {
 		return false
 	}
-	s.n[user]++
+	s.add(s.n, user, Sessions, 1)
 	return true
 }
 
 func (s *sessions) remove(user string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n[user]--; s.n[user] <= 0 {
-		delete(s.n, user)
+	s.add(s.n, user, Sessions, -1)
+}
+
+// connected counts a device of user that connected (delta 1) or
+// disconnected (-1).
+func (s *sessions) connected(user string, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.add(s.up, user, Connected, delta)
+}
+
+// add adds delta to m[user], calling watch when the count leaves or reaches
+// zero. s.mu is held.
+func (s *sessions) add(m map[string]int, user string, what Interest, delta int) {
+	was := m[user]
+	if m[user] += delta; m[user] <= 0 {
+		delete(m, user)
 	}
+	if on := m[user] > 0; on != (was > 0) && s.watch != nil {
+		s.watch(user, what, on)
+	}
+}
+
+// count returns user's sessions on this node.
+func (s *sessions) count(user string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[user]
 }
 
 // limitedLog writes the log lines of refusals (CONNECTs, requests) at a

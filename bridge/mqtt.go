@@ -98,7 +98,9 @@ func (b *Bridge) finishSend(cl *mqtt.Client, pk packets.Packet, replyTo string, 
 		return pk, packets.CodeSuccessIgnore
 	}
 	c := r.Error.Code
-	notStored := c == protocol.CodeStoreFailed || c == protocol.CodeUnavailable || (c == protocol.CodeRateLimited && !online)
+	// An online-only message is never stored, and is not worth a
+	// reconnection: its sender learns from the receipt alone.
+	notStored := !online && (c == protocol.CodeStoreFailed || c == protocol.CodeUnavailable || c == protocol.CodeRateLimited)
 	if notStored && cl.Properties.ProtocolVersion < 5 && pk.FixedHeader.Qos > 0 {
 		// MQTT 3.1.1 has no negative PUBACK, and a plain client takes a
 		// PUBACK for "stored". Withhold it and close the connection: the

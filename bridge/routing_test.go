@@ -16,26 +16,17 @@ import (
 	"github.com/imbridge/imbridge/server"
 )
 
+// v3 and v5 connect a test device of each MQTT version to a node.
+var v3, v5 = testserver.V3, testserver.V5
+
 type (
 	dev  = testdevice.Device
 	opts = testdevice.Options
 )
 
-func v3(t *testing.T, n *testserver.Node, user string, o opts) *dev {
-	t.Helper()
-	o.Token = n.Token
-	return testdevice.ConnectV3(t, n.MQTTURL(), user, o)
-}
-
-func v5(t *testing.T, n *testserver.Node, user string, o opts) *dev {
-	t.Helper()
-	o.Token = n.Token
-	return testdevice.ConnectV5(t, n.MQTTAddr(), user, o)
-}
-
 // protocols connects a device with each MQTT version, for rules that must
 // hold for both.
-var protocols = map[string]func(*testing.T, *testserver.Node, string, opts) *dev{"3.1.1": v3, "5": v5}
+var protocols = map[string]func(testing.TB, *testserver.Node, string, opts) *dev{"3.1.1": v3, "5": v5}
 
 // TestStoredMessageReachesEveryDevice: a normal message is delivered at QoS 1
 // to every device of the receiver and copied to the sender's devices, with

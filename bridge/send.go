@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rs/xid"
@@ -92,11 +93,20 @@ func (b *Bridge) sendOnline(m *protocol.Message) protocol.Receipt {
 	return r
 }
 
-// routeOnlineReceipt routes an online-only message and returns its receipt.
+// routeOnlineReceipt routes an online-only message and returns its receipt:
+// to a connected device of the receiver on this node if there is one, or
+// else, through the Router, to one on another node.
 func (b *Bridge) routeOnlineReceipt(m *protocol.Message) protocol.Receipt {
-	route, err := b.routeOnline(m, protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), m))
+	payload := protocol.AppendMessage(make([]byte, 0, 192+len(m.Data)), m)
+	route, err := b.routeOnline(m.To, m.ID, payload)
+	if err == nil && !route.picked {
+		route, err = b.routeElsewhere(m.To, payload)
+	}
 	r := protocol.Receipt{Type: "receipt", ID: m.ClientMsgID, MsgID: m.ID, Time: m.Time}
 	switch {
+	case errors.Is(err, errRouting):
+		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeUnavailable,
+			Message: "not delivered: " + err.Error() + "; send it again"})
 	case err != nil:
 		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeInternal, Message: err.Error()})
 	case !route.picked:
@@ -111,4 +121,24 @@ func (b *Bridge) routeOnlineReceipt(m *protocol.Message) protocol.Receipt {
 	}
 	b.log.Debug("online-only message routed", "id", m.ID, "from", m.From, "to", m.To, "status", r.Status)
 	return r
+}
+
+// errRouting marks a failure to ask the other nodes (no answer in time, or
+// no connection to them): the message was not delivered, as far as this node
+// knows, and may be sent again.
+var errRouting = errors.New("the other nodes could not be asked")
+
+// routeElsewhere routes an encoded online-only message through the Router
+// to a connected device of user on another node, with one request.
+func (b *Bridge) routeElsewhere(user string, payload []byte) (onlineRoute, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), routeTimeout)
+	defer cancel()
+	out, err := b.router.Online(ctx, user, payload)
+	switch {
+	case errors.Is(err, ErrNoDevice):
+		return onlineRoute{}, nil
+	case err != nil:
+		return onlineRoute{}, fmt.Errorf("%w: %v", errRouting, err)
+	}
+	return onlineRoute{picked: out != Offline, dropped: out == Dropped}, nil
 }

@@ -3,7 +3,8 @@
 // side: online-only latency and throughput, stored-message throughput and
 // PUBACK latency (with bbolt's own db.Batch as a second baseline), history
 // queries over a large store, memory and goroutines per idle device, and
-// fan-out and the shared-subscription pick.
+// fan-out and the shared-subscription pick; and, for a cluster, online-only
+// latency across two nodes joined by NATS against the same load on one node.
 //
 //	go run ./loadtest                       # the full run (several minutes)
 //	go run ./loadtest -quick                # a small run (about a minute)
@@ -31,7 +32,7 @@ func main() {
 		return
 	}
 	quick := flag.Bool("quick", false, "small sizes: a run of about a minute")
-	only := flag.String("scenarios", "latency,throughput,stored,history,capacity,fanout", "comma-separated scenarios to run")
+	only := flag.String("scenarios", "latency,throughput,stored,history,capacity,fanout,cluster", "comma-separated scenarios to run")
 	md := flag.String("md", "", "also write the report as Markdown to this file")
 	png := flag.String("png", "", "write latency distribution plots (PNG) into this directory")
 	pg := flag.String("postgres", "", "stored scenario: also run imbridge with its history in this PostgreSQL database (a DSN, as mqttd -postgres), next to bbolt")
@@ -159,6 +160,22 @@ func run(s sizes, only []string, pg string, log *os.File) ([]row, map[string]map
 		}
 		rows = append(rows, row{scenario: sc, metric: "delivered/sent", unit: "ratio",
 			bridge: float64(got[kindBridge]) / float64(sent[kindBridge]), base: float64(got[kindBare]) / float64(sent[kindBare])})
+	}
+
+	if slices.Contains(only, "cluster") {
+		across, alone, acrossGot, aloneGot, err := clusterOnline(s, secret, progress)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cluster: %w", err)
+		}
+		sc := fmt.Sprintf("online-only across 2 nodes (NATS), %d pairs, %d msg/s", s.latencyPairs, s.latencyRate)
+		for _, p := range []float64{50, 99} {
+			r := row{scenario: sc, metric: pName(p), unit: "µs", bridge: pct(across, p), base: pct(alone, p), baseName: "one node"}
+			if p == 99 {
+				r.goal, r.check = "≤ 2x", atMost(2)
+			}
+			rows = append(rows, r)
+		}
+		rows = append(rows, row{scenario: sc, metric: "delivered/sent", unit: "ratio", bridge: acrossGot, base: aloneGot, baseName: "one node"})
 	}
 
 	if slices.Contains(only, "throughput") {

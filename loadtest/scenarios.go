@@ -89,12 +89,33 @@ func (w wire) pairs(n int, online bool, h paho.MessageHandler) (senders []paho.C
 // onlineLatency sends online-only messages between pairs at a paced total
 // rate and records the one-way latency of each delivery.
 func onlineLatency(w wire, s sizes) (*latencies, int64, error) {
+	return onlineLatencyAcross(w, w, s, nil)
+}
+
+// onlineLatencyAcross is onlineLatency with the senders on ws and the
+// receivers on wr; ready, if set, is called once all are connected and
+// returns when the receivers can be reached.
+func onlineLatencyAcross(ws, wr wire, s sizes, ready func(receivers []string) error) (*latencies, int64, error) {
 	lat := &latencies{}
-	senders, stop, err := w.pairs(s.latencyPairs, true, func(_ paho.Client, m paho.Message) { lat.record(m.Payload()) })
+	_, stopR, err := wr.devices("r", s.latencyPairs, true, func(_ paho.Client, m paho.Message) { lat.record(m.Payload()) })
 	if err != nil {
 		return nil, 0, err
 	}
-	defer stop()
+	defer stopR()
+	senders, stopS, err := ws.devices("s", s.latencyPairs, true, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer stopS()
+	if ready != nil {
+		var users []string
+		for i := range s.latencyPairs {
+			users = append(users, fmt.Sprintf("r%d", i))
+		}
+		if err := ready(users); err != nil {
+			return nil, 0, err
+		}
+	}
 	var sent atomic.Int64
 	interval := time.Duration(float64(time.Second) * float64(s.latencyPairs) / float64(s.latencyRate))
 	deadline := time.Now().Add(s.duration)
@@ -110,7 +131,7 @@ func onlineLatency(w wire, s sizes) (*latencies, int64, error) {
 				if now.After(deadline) {
 					return
 				}
-				c.Publish(w.pubTopic(from, to, true), 0, false, w.payload(to, true, ""))
+				c.Publish(ws.pubTopic(from, to, true), 0, false, ws.payload(to, true, ""))
 				sent.Add(1)
 			}
 		}()

@@ -62,6 +62,9 @@ const (
 	// envPostgres, a DSN, makes an imbridge child keep its history in
 	// PostgreSQL (as mqttd -postgres) instead of bbolt.
 	envPostgres = "LOADTEST_POSTGRES"
+	// envNATS and envNode join the child to a cluster (the cluster scenario).
+	envNATS = "LOADTEST_NATS"
+	envNode = "LOADTEST_NODE"
 )
 
 // serveFromEnv runs the child side if the environment asks for it, and
@@ -106,6 +109,9 @@ func serve(kind, dataDir string, secret []byte) error {
 	}
 	cfg := server.Config{MQTTAddr: mqttAddr, HTTPAddr: httpAddr, DataDir: dataDir, Secret: secret,
 		Limits: bridge.Limits{ConnectRatePerIP: -1, ConnectRatePerUser: -1, SendRate: -1, QueryRate: -1, MaxDevicesPerUser: 100}, MaxConnsPerIP: -1}
+	if url := os.Getenv(envNATS); url != "" {
+		cfg.NATS, cfg.Node = []string{url}, os.Getenv(envNode)
+	}
 	if dsn := os.Getenv(envPostgres); dsn != "" {
 		cfg.OpenStore = func(o *storage.Options) (storage.Store, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

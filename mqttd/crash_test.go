@@ -110,7 +110,8 @@ func (a *acked) waitFor(t *testing.T, n int) {
 
 // load sends until the server dies: MQTT senders (QoS 1, waiting for each
 // PUBACK) and HTTP senders, all to "sink". It returns when every sender has
-// stopped on an error.
+// stopped on an error. The client IDs and message ids carry round, so that
+// loads of different rounds may run at once (on the nodes of a cluster).
 func load(t *testing.T, p *proc, round int, a *acked) {
 	var wg sync.WaitGroup
 	for s := range 3 {
@@ -118,7 +119,7 @@ func load(t *testing.T, p *proc, round int, a *acked) {
 		go func() {
 			defer wg.Done()
 			user := fmt.Sprintf("m%d", s)
-			c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + p.mqtt).SetClientID(user).
+			c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + p.mqtt).SetClientID(fmt.Sprintf("%s-r%d", user, round)).
 				SetUsername(user).SetPassword(mint(t, user, false)).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 			if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 				return

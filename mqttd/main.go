@@ -51,6 +51,7 @@ func main() {
 type options struct {
 	mqtt, ws, http, data, secret, logLevel, demo string
 	secretFile                                   string
+	nats, node                                   string
 	mqtts, wss, tlsCert, tlsKey                  string
 	maxPayload, maxPending, maxInflight          int
 	sessionExpiry, shutdownTimeout               time.Duration
@@ -140,6 +141,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.maxConnectSize, "max-connect-size", server.DefaultMaxConnectSize, "largest CONNECT packet, bytes after its fixed header; larger closes the socket before its body is read")
 	fs.IntVar(&o.maxConnsPerIP, "max-conns-per-ip", server.DefaultMaxConnsPerIP, "open sockets per IPv4 address or IPv6 /64, all listeners, logged in or not; -1: no cap")
 	fs.IntVar(&o.maxPreLogin, "max-prelogin", server.DefaultMaxPreLogin, "MQTT sockets without a complete CONNECT yet, all listeners; -1: no cap")
+	fs.StringVar(&o.nats, "nats", "", "join a cluster through these NATS servers, nats://HOST:PORT[,nats://...]; needs -postgres, and -secret or -secret-file shared by all nodes")
+	fs.StringVar(&o.node, "node", "", "this node's name in logs, /healthz and /metrics, unique in a cluster; default: the host name")
 	fs.StringVar(&o.wsOrigins, "ws-origins", "", "comma-separated origins (https://app.example.com) whose browser pages may use MQTT over WebSocket, or *; default: pages on the request's own host name")
 
 	// Every flag -some-name has the environment variable MQTTD_SOME_NAME,
@@ -192,6 +195,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-log: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	nats := splitList(o.nats)
+	if len(nats) > 0 && o.postgres == "" {
+		return errors.New("-nats needs -postgres: the nodes of a cluster share one history, and a bbolt file cannot be shared")
+	}
+	if len(nats) > 0 && o.secret == "" && o.secretFile == "" {
+		return errors.New("-nats needs -secret or -secret-file: every node of a cluster must verify the same tokens")
+	}
+	node := o.node
+	if node == "" {
+		node, _ = os.Hostname()
+	}
+	if len(nats) > 0 {
+		log = log.With("node", node)
+	}
 	secret, err := loadSecret(o.secret, o.secretFile, o.data, log)
 	if err != nil {
 		return err
@@ -218,6 +235,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ConnectTimeout: o.connectTimeout, MaxConnectSize: o.maxConnectSize, MaxConnsPerIP: o.maxConnsPerIP,
 		MaxPreLogin: o.maxPreLogin, WSOrigins: splitList(o.wsOrigins),
 		OpenStore: openStore(ctx, o.postgres),
+		NATS:      nats, Node: node,
 	})
 	if err != nil {
 		return err

@@ -49,7 +49,7 @@ type proc struct {
 	log       chan string // every later log line
 }
 
-var readyLine = regexp.MustCompile(`msg="mqttd ready" mqtt=(\S+) ws=(\S+) http=(\S+)`)
+var readyLine = regexp.MustCompile(`msg="mqttd ready" (?:node=\S+ )?mqtt=(\S+) ws=(\S+) http=(\S+)`)
 
 // start runs mqttd with env and args and waits for its ready line.
 func start(t *testing.T, env []string, args ...string) *proc {

@@ -34,7 +34,7 @@ const (
 // Errors of the server. The request may be retried with the same id.
 const (
 	CodeStoreFailed ErrorCode = "store_failed"   // the history could not be written or read
-	CodeUnavailable ErrorCode = "unavailable"    // the server is shutting down
+	CodeUnavailable ErrorCode = "unavailable"    // the server is shutting down, or cannot reach the history or the other nodes now: retry
 	CodeRateLimited ErrorCode = "rate_limited"   // over the user's send or query rate; lower priorities are refused first
 	CodeQuota       ErrorCode = "quota_exceeded" // the sender's stored messages reached the per-user storage quota
 	CodeInternal    ErrorCode = "internal"       // anything else

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/imbridge/imbridge/auth"
@@ -33,6 +34,12 @@ type Config struct {
 	// OpenStore, when set, opens the history instead of DataDir/history.db
 	// (bridge.Config.OpenStore), e.g. PostgreSQL.
 	OpenStore func(*storage.Options) (storage.Store, error)
+	// NATS are the NATS servers through which this node joins a cluster
+	// (package cluster). Empty: a single node.
+	NATS []string
+	// Node is this node's name in logs, /healthz and /metrics, and in the
+	// cluster, where it must be unique. Default: the host name.
+	Node string
 	// Secret verifies tokens. Required, at least 16 bytes.
 	Secret []byte
 	// Tokens are the optional checks of tokens (bridge.Config.Tokens): a
@@ -150,6 +157,9 @@ const (
 )
 
 func (c Config) withDefaults() Config {
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = bridge.DefaultMaxPayload
 	}

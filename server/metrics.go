@@ -70,11 +70,14 @@ var (
 	descDegraded    = prometheus.NewDesc("imbridge_listener_degraded", "1 while a listener fails to accept (an error in the last 5 s and no socket since).", []string{"listener"}, nil)
 	descPreLogin    = prometheus.NewDesc("imbridge_prelogin_sockets", "MQTT sockets that have not sent a complete CONNECT yet.", nil, nil)
 	descSockClosed  = prometheus.NewDesc("imbridge_sockets_closed_total", "Sockets closed before login by the listeners' limits, by reason.", []string{"reason"}, nil)
+	descNode        = prometheus.NewDesc("imbridge_node_info", "Always 1; its label node is this node's name (-node).", []string{"node"}, nil)
+	descClusterUp   = prometheus.NewDesc("imbridge_cluster_connected", "In a cluster: 1 while the NATS connection is up.", nil, nil)
+	descClusterPeer = prometheus.NewDesc("imbridge_cluster_peers", "In a cluster: the other nodes heard of in the last 3 s.", nil, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descSubs, descInflight, descMessages, descRejected, descRefused, descDrops, descPanics, descSlow, descPruned,
-		descAcceptErrs, descDegraded, descPreLogin, descSockClosed} {
+		descAcceptErrs, descDegraded, descPreLogin, descSockClosed, descNode, descClusterUp, descClusterPeer} {
 		ch <- d
 	}
 }
@@ -120,6 +123,15 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPreLogin, h.PreLogin)
 	for reason, n := range c.s.gate.refused {
 		counter(descSockClosed, n.Load(), reason)
+	}
+	gauge(descNode, 1, h.Node)
+	if h.Cluster != nil {
+		up := int64(0)
+		if h.Cluster.Connected {
+			up = 1
+		}
+		gauge(descClusterUp, up)
+		gauge(descClusterPeer, int64(len(h.Cluster.Peers)))
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/imbridge/imbridge/bridge"
+	"github.com/imbridge/imbridge/cluster"
 )
 
 // Server is one imbridge node.
@@ -37,6 +38,7 @@ type Server struct {
 	metrics  *metrics
 	conns    *connSet // the device connections, set by Start
 	panics   atomic.Int64
+	cluster  *cluster.Router // nil on a single node; closed by the bridge
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -82,7 +84,15 @@ func (s *Server) Start() (err error) {
 	})
 	s.metrics = newMetrics()
 	s.conns = newConnSet(s.cfg.MaxPendingBytes, s.cfg.WriteTimeout, s.log)
+	var router bridge.Router // Alone
+	if len(s.cfg.NATS) > 0 {
+		if s.cluster, err = cluster.Connect(cluster.Options{URLs: s.cfg.NATS, Node: s.cfg.Node, Logger: s.log}); err != nil {
+			return err
+		}
+		router = s.cluster
+	}
 	s.bridge, err = bridge.Open(s.mqtt, bridge.Config{
+		Router:        router,
 		Observer:      s.metrics.observer(),
 		DBPath:        filepath.Join(s.cfg.DataDir, "history.db"),
 		OpenStore:     s.cfg.OpenStore,
@@ -95,6 +105,9 @@ func (s *Server) Start() (err error) {
 		Logger:        s.log,
 	})
 	if err != nil {
+		if s.cluster != nil {
+			s.cluster.Close()
+		}
 		return err
 	}
 	s.metrics.reg.MustRegister(nodeCollector{s})
@@ -179,7 +192,9 @@ func (s *Server) Bridge() *bridge.Bridge { return s.bridge }
 
 // Health is the body of GET /healthz.
 type Health struct {
-	Status    string        `json:"status"`                      // "ok", or "degraded" while a listener fails to accept
+	Status    string        `json:"status"`                      // "ok", or "degraded" while a listener fails to accept or the cluster is out of reach
+	Node      string        `json:"node"`                        // this node's name (Config.Node)
+	Cluster   *Cluster      `json:"cluster,omitempty"`           // in a cluster only
 	Degraded  []string      `json:"degradedListeners,omitempty"` // listeners that failed to accept in the last 5 s and accepted nothing since
 	Accept    int64         `json:"acceptErrors"`                // Accept errors of all listeners (EMFILE, ...), each retried
 	Epoch     string        `json:"epoch"`
@@ -197,6 +212,12 @@ type Health struct {
 	Slow      int64         `json:"slowConsumers"`     // connections closed: device did not read (MaxPendingBytes, WriteTimeout)
 }
 
+// Cluster is the state of a node's link to the other nodes.
+type Cluster struct {
+	Connected bool     `json:"connected"` // the NATS connection is up
+	Peers     []string `json:"peers"`     // the other nodes heard of in the last 3 s
+}
+
 // SocketsClosed counts the sockets the listeners closed before login, by
 // reason.
 type SocketsClosed struct {
@@ -210,7 +231,7 @@ type SocketsClosed struct {
 func (s *Server) Health() Health {
 	st := s.bridge.StoreStats()
 	h := Health{
-		Status: "ok", Epoch: s.bridge.Epoch(),
+		Status: "ok", Node: s.cfg.Node, Epoch: s.bridge.Epoch(),
 		Clients: atomic.LoadInt64(&s.mqtt.Info.ClientsConnected),
 		Subs:    atomic.LoadInt64(&s.mqtt.Info.Subscriptions),
 		Bridge:  s.bridge.Stats(),
@@ -238,6 +259,12 @@ func (s *Server) Health() Health {
 	if len(h.Degraded) > 0 {
 		h.Status = "degraded"
 		slices.Sort(h.Degraded)
+	}
+	if s.cluster != nil {
+		h.Cluster = &Cluster{Connected: s.cluster.Connected(), Peers: s.cluster.Peers()}
+		if !h.Cluster.Connected {
+			h.Status = "degraded"
+		}
 	}
 	return h
 }

@@ -22,13 +22,10 @@ import (
 	"github.com/imbridge/imbridge/server"
 )
 
-type opts = testdevice.Options
+// v3 and v5 connect a test device of each MQTT version to a node.
+var v3, v5 = testserver.V3, testserver.V5
 
-func v3(t *testing.T, n *testserver.Node, user string, o opts) *testdevice.Device {
-	t.Helper()
-	o.Token = n.Token
-	return testdevice.ConnectV3(t, n.MQTTURL(), user, o)
-}
+type opts = testdevice.Options
 
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/imbridge/imbridge/auth"
 	"github.com/imbridge/imbridge/internal/poll"
+	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/server"
 )
 
@@ -119,4 +120,19 @@ func (n *Node) WaitClients(want int64) {
 		}
 		return nil
 	})
+}
+
+// V3 connects an MQTT 3.1.1 test device of user to node n, with a token
+// from n, and subscribes it; it fails the test on any error.
+func V3(t testing.TB, n *Node, user string, o testdevice.Options) *testdevice.Device {
+	t.Helper()
+	o.Token = n.Token
+	return testdevice.ConnectV3(t, n.MQTTURL(), user, o)
+}
+
+// V5 is V3 for an MQTT 5 device.
+func V5(t testing.TB, n *Node, user string, o testdevice.Options) *testdevice.Device {
+	t.Helper()
+	o.Token = n.Token
+	return testdevice.ConnectV5(t, n.MQTTAddr(), user, o)
 }
