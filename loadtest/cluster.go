@@ -112,3 +112,72 @@ func clusterOnline(s sizes, secret []byte, progress func(string, ...any)) (acros
 	}
 	return lat.sorted(), alone, float64(lat.n.Load()) / float64(sent), aloneGot, nil
 }
+
+// storedResult is clusterStored's figures: index 0 for one node, 1 for
+// three.
+type storedResult struct {
+	rate, perCommit [2]float64
+	acks            [2][]time.Duration
+}
+
+// clusterStored runs the stored scenario with n senders against one node
+// and then three nodes (senders spread over the nodes, each receiver on
+// another node than its sender), all with their history in the PostgreSQL
+// database dsn.
+func clusterStored(s sizes, secret []byte, dsn string, n int, progress func(string, ...any)) (storedResult, error) {
+	var res storedResult
+	srv, url, err := startNATS()
+	if err != nil {
+		return res, err
+	}
+	defer srv.Shutdown()
+	for i, names := range [][]string{{"solo"}, {"a", "b", "c"}} {
+		progress("stored on PostgreSQL, %d senders: %d node(s)", n, len(names))
+		var ws []wire
+		stopAll := func() {
+			for _, w := range ws {
+				w.t.stop()
+				os.RemoveAll(w.t.dataDir)
+			}
+		}
+		for _, name := range names {
+			dir, err := os.MkdirTemp("", "loadtest-cluster")
+			if err != nil {
+				stopAll()
+				return res, err
+			}
+			env := []string{envPostgres + "=" + dsn}
+			if len(names) > 1 {
+				env = append(env, envNATS+"="+url, envNode+"="+name)
+			}
+			t, err := startTarget(kindBridge, dir, secret, env...)
+			if err != nil {
+				os.RemoveAll(dir)
+				stopAll()
+				return res, err
+			}
+			ws = append(ws, wire{t})
+		}
+		var before []serverStats
+		for _, w := range ws {
+			st, _ := w.t.stats(false)
+			before = append(before, st)
+		}
+		rate, lat, err := storedAcross(ws, s, n)
+		var commits, appended uint64
+		for j, w := range ws {
+			st, _ := w.t.stats(false)
+			commits += st.Commits - before[j].Commits
+			appended += st.Appended - before[j].Appended
+		}
+		stopAll()
+		if err != nil {
+			return res, err
+		}
+		res.rate[i], res.acks[i] = rate, lat.sorted()
+		if commits > 0 {
+			res.perCommit[i] = float64(appended) / float64(commits)
+		}
+	}
+	return res, nil
+}

@@ -77,3 +77,29 @@ func TestStoredOnPostgres(t *testing.T) {
 		t.Fatalf("%d PostgreSQL rows, want 4", n)
 	}
 }
+
+// TestTinyClusterRun runs the cluster scenario with its PostgreSQL part at
+// a tiny size: one node and three nodes on a real PostgreSQL and NATS.
+func TestTinyClusterRun(t *testing.T) {
+	dsn := testpg.Start(t).NewDB(t)
+	s := sizes{duration: 300 * time.Millisecond, latencyPairs: 2, latencyRate: 200, storedSenders: []int{3}}
+	rows, _, err := run(s, []string{"cluster"}, dsn, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md strings.Builder
+	markdown(&md, rows, "test")
+	t.Log("\n" + md.String())
+	stored := 0
+	for _, r := range rows {
+		if math.IsNaN(r.bridge) || math.IsNaN(r.base) || r.bridge <= 0 || r.base <= 0 {
+			t.Errorf("%s / %s: %v vs %v", r.scenario, r.metric, r.bridge, r.base)
+		}
+		if strings.HasPrefix(r.scenario, "stored") {
+			stored++
+		}
+	}
+	if stored != 3 {
+		t.Fatalf("%d rows of stored sends across nodes, want 3", stored)
+	}
+}

@@ -176,6 +176,18 @@ func run(s sizes, only []string, pg string, log *os.File) ([]row, map[string]map
 			rows = append(rows, r)
 		}
 		rows = append(rows, row{scenario: sc, metric: "delivered/sent", unit: "ratio", bridge: acrossGot, base: aloneGot, baseName: "one node"})
+		if pg != "" {
+			n := s.storedSenders[len(s.storedSenders)-1]
+			res, err := clusterStored(s, secret, pg, n, progress)
+			if err != nil {
+				return nil, nil, fmt.Errorf("cluster: %w", err)
+			}
+			sc := fmt.Sprintf("stored (QoS 1) on PostgreSQL, %d senders, 3 nodes", n)
+			rows = append(rows,
+				row{scenario: sc, metric: "sent, each waiting for PUBACK", unit: "msg/s", bridge: res.rate[1], base: res.rate[0], baseName: "one node"},
+				row{scenario: sc, metric: "PUBACK p99", unit: "µs", bridge: pct(res.acks[1], 99), base: pct(res.acks[0], 99), baseName: "one node"},
+				row{scenario: sc, metric: "messages per commit", unit: "msgs", bridge: res.perCommit[1], base: res.perCommit[0], baseName: "one node"})
+		}
 	}
 
 	if slices.Contains(only, "throughput") {

@@ -181,11 +181,32 @@ func onlineThroughput(w wire, s sizes) (perSec, ratio float64, err error) {
 // PUBACK; receivers are connected. It returns messages per second and the
 // PUBACK latencies.
 func stored(w wire, s sizes, n int) (float64, *latencies, error) {
-	senders, stop, err := w.pairs(n, false, func(paho.Client, paho.Message) {})
-	if err != nil {
-		return 0, nil, err
+	return storedAcross([]wire{w}, s, n)
+}
+
+// storedAcross is stored on the nodes of a cluster: sender i on node i mod
+// k, its receiver on the next node (on one node, both there).
+func storedAcross(ws []wire, s sizes, n int) (float64, *latencies, error) {
+	var all, senders []paho.Client
+	defer func() {
+		for _, c := range all {
+			c.Disconnect(0)
+		}
+	}()
+	for i := range n {
+		rw, sw := ws[(i+1)%len(ws)], ws[i%len(ws)]
+		to, from := fmt.Sprintf("r%d", i), fmt.Sprintf("s%d", i)
+		r, err := rw.dial(to, to+"-dev", true, map[string]byte{rw.filter(to, false): 1}, func(paho.Client, paho.Message) {})
+		if err != nil {
+			return 0, nil, err
+		}
+		all = append(all, r)
+		c, err := sw.dial(from, from+"-dev", true, nil, nil)
+		if err != nil {
+			return 0, nil, err
+		}
+		all, senders = append(all, c), append(senders, c)
 	}
-	defer stop()
 	acks := &latencies{}
 	var count atomic.Int64
 	deadline := time.Now().Add(s.duration)
@@ -195,6 +216,7 @@ func stored(w wire, s sizes, n int) (float64, *latencies, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			w := ws[i%len(ws)]
 			to, from := fmt.Sprintf("r%d", i), fmt.Sprintf("s%d", i)
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
