@@ -532,8 +532,16 @@ func (g *gate) awaitConnect(c net.Conn) (net.Conn, bool) {
 	if a != nil {
 		start = a.accepted
 	}
-	_ = c.SetDeadline(start.Add(g.connectTimeout)) // mochi replaces it after the CONNECT
+	// Both directions are bounded while the CONNECT is awaited (a TLS
+	// handshake writes too); after it, mochi sets the read deadline from the
+	// keep-alive, and the write deadline must be cleared here: device writes
+	// are bounded by deviceConn, and a deadline left on the socket would fail
+	// every write once the connect timeout has passed.
+	_ = c.SetDeadline(start.Add(g.connectTimeout))
 	pk, err := readConnect(c, g.maxConnect)
+	if err == nil {
+		err = c.SetWriteDeadline(time.Time{})
+	}
 	if err == nil && a != nil && !g.loggedIn(a) {
 		err = errGateClosed
 	}

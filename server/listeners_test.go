@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/imbridge/imbridge/internal/poll"
 	"github.com/imbridge/imbridge/internal/testdevice"
 	"github.com/imbridge/imbridge/internal/testserver"
 	"github.com/imbridge/imbridge/protocol"
@@ -322,5 +323,37 @@ func TestWebSocketConnectDeadline(t *testing.T) {
 	alice.Send(`{"to":"bob","data":"still here"}`)
 	if m := bob.Expect(protocol.InboxTopic("bob")).Message(t); string(m.Data) != `"still here"` {
 		t.Fatalf("got %s", m.Data)
+	}
+}
+
+// TestDeviceOutlivesConnectTimeout: the CONNECT deadline ends with the
+// CONNECT. A device connected longer ago than the connect timeout, over TCP
+// and over WebSocket, still gets what is sent to it (the deadline once
+// stayed on the socket for writes, and every delivery after it failed).
+func TestDeviceOutlivesConnectTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	n := testserver.Start(t, func(c *server.Config) { c.ConnectTimeout = timeout })
+	bob := testserver.V3(t, n, "bob", testdevice.Options{ClientID: "tcp"})
+	bobWS := testdevice.ConnectV3(t, "ws://"+n.WSAddr()+"/mqtt", "bob", testdevice.Options{ClientID: "ws", Token: n.Token})
+	alice := testserver.V3(t, n, "alice", testdevice.Options{ClientID: "phone"})
+	connected := time.Now()
+	// The condition under test is the clock passing the deadline: wait for it.
+	poll.For(t, poll.Total, poll.Interval, func() error {
+		if d := time.Since(connected); d < 3*timeout {
+			return fmt.Errorf("only %v since the CONNECTs", d)
+		}
+		return nil
+	})
+	alice.Send(`{"to":"bob","data":"late","id":"m1"}`)
+	for _, d := range []*testdevice.Device{bob, bobWS} {
+		if m := d.Expect(protocol.InboxTopic("bob")).Message(t); m.ClientMsgID != "m1" {
+			t.Fatalf("%s got %+v", d.ClientID, m)
+		}
+		if !d.Connected() {
+			t.Fatalf("%s was disconnected", d.ClientID)
+		}
+	}
+	if s := n.Health().Slow; s != 0 {
+		t.Fatalf("%d connections closed as slow consumers", s)
 	}
 }
