@@ -67,6 +67,7 @@ type counters struct {
 	stored, duplicates, delivered, offline, onlineDropped, storeErrors atomic.Int64
 	queueDrops, authFailures, shed, connectsLimited, pruned            atomic.Int64
 	budgetDrops, fanoutDrops, queriesLimited, heldBack                 atomic.Int64
+	unroutable                                                         atomic.Int64
 }
 
 // Stats are counts since Open.
@@ -87,6 +88,7 @@ type Stats struct {
 	FanoutDrops     int64 `json:"fanoutDrops"`     // deliveries skipped: the fan-out queue was full
 	QueriesLimited  int64 `json:"queriesLimited"`  // history and sync requests refused by the per-user rate
 	HeldBack        int64 `json:"heldBack"`        // deliveries held back until their session was established
+	Unroutable      int64 `json:"unroutable"`      // online-only messages not delivered: the other nodes could not be asked
 }
 
 // Open opens the history (cfg.OpenStore, or the bbolt file at cfg.DBPath) and attaches a new Bridge to srv as a
@@ -213,7 +215,7 @@ func (b *Bridge) Stats() Stats {
 		StoreErrors: c.storeErrors.Load(), QueueDrops: c.queueDrops.Load(), AuthFailures: c.authFailures.Load(),
 		Shed: c.shed.Load(), ConnectsLimited: c.connectsLimited.Load(), Pruned: c.pruned.Load(),
 		BudgetDrops: c.budgetDrops.Load(), FanoutDrops: c.fanoutDrops.Load(), QueriesLimited: c.queriesLimited.Load(),
-		HeldBack: c.heldBack.Load(),
+		HeldBack: c.heldBack.Load(), Unroutable: c.unroutable.Load(),
 	}
 }
 

@@ -105,6 +105,8 @@ func (b *Bridge) routeOnlineReceipt(m *protocol.Message) protocol.Receipt {
 	r := protocol.Receipt{Type: "receipt", ID: m.ClientMsgID, MsgID: m.ID, Time: m.Time}
 	switch {
 	case errors.Is(err, errRouting):
+		b.stats.unroutable.Add(1)
+		b.logs.info("online-only message not routed", "from", m.From, "to", m.To, "error", err)
 		return protocol.ErrorReceipt(m.ClientMsgID, &protocol.Error{Code: protocol.CodeUnavailable,
 			Message: "not delivered: " + err.Error() + "; send it again"})
 	case err != nil:

@@ -110,6 +110,10 @@ func clusterOnline(s sizes, secret []byte, progress func(string, ...any)) (acros
 	if err != nil {
 		return nil, nil, 0, 0, err
 	}
+	if st, err := a.stats(false); err == nil && st.Delivered != sent {
+		progress("across two nodes: %d sent, %d received, %d delivered, %d offline, %d unroutable (the other node did not answer in time)",
+			sent, lat.n.Load(), st.Delivered, st.Offline, st.Unroutable)
+	}
 	return lat.sorted(), alone, float64(lat.n.Load()) / float64(sent), aloneGot, nil
 }
 

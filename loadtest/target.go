@@ -44,7 +44,9 @@ type serverStats struct {
 	Commits    uint64 `json:"commits"`  // imbridge only
 	Appended   uint64 `json:"appended"` // imbridge only
 	Delivered  int64  `json:"delivered"`
-	Clients    int64  `json:"clients"` // connected, as the server sees it
+	Offline    int64  `json:"offline"`    // imbridge only: online-only sends with no device to take them
+	Unroutable int64  `json:"unroutable"` // imbridge only: online-only sends the other nodes could not be asked about
+	Clients    int64  `json:"clients"`    // connected, as the server sees it
 }
 
 // The environment that makes the load tool's binary (or its test binary)
@@ -169,6 +171,7 @@ func serve(kind, dataDir string, secret []byte) error {
 		if bridge != nil {
 			h := bridge.Health()
 			st.Commits, st.Appended, st.Delivered, st.Clients = h.Commits, h.Appended, h.Bridge.Delivered, h.Clients
+			st.Offline, st.Unroutable = h.Bridge.Offline, h.Bridge.Unroutable
 		} else {
 			st.Clients = atomic.LoadInt64(&info.ClientsConnected)
 		}

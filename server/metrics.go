@@ -100,6 +100,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descMessages, b.Delivered, "online", "delivered")
 	counter(descMessages, b.Offline, "online", "offline")
 	counter(descMessages, b.OnlineDropped, "online", "dropped")
+	counter(descMessages, b.Unroutable, "online", "unavailable")
 	counter(descMessages, b.Shed, "any", "shed")
 	for code, n := range c.s.bridge.Rejected() {
 		counter(descRejected, n, string(code))
